@@ -1,0 +1,57 @@
+"""The `slm` command: one sub-command per stage, each a thin call of a public function.
+
+Each area registers its sub-commands from its own module (`register(subparsers)`), so the command
+line stays a table of contents and the logic lives in the API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from slmkit.errors import SlmError
+
+# Modules that add sub-commands; each exposes register(subparsers).
+_COMMAND_MODULES = ("slmkit.cli.model", "slmkit.cli.data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    from slmkit import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="slm", description="slmkit: train small language models from scratch, end to end."
+    )
+    parser.add_argument("--version", action="version", version=f"slmkit {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name == name:  # an area not built yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        result = args.run(args)
+    except SlmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
