@@ -1,0 +1,192 @@
+"""The model checkpoint format: a directory with config.json and model.safetensors.
+
+config.json holds {"format": "slmkit-checkpoint", "version": 1, "model": <ModelConfig>, ...} plus
+the sha256 of the weights file, so a truncated or tampered file is refused instead of half-loaded.
+Weights are safetensors: loading never executes code. A tied output head is stored once.
+Other files (tokenizer, training state) may sit beside these; this module ignores them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from slmkit.errors import SlmError
+from slmkit.model.config import ModelConfig
+from slmkit.model.layers import RotaryEmbedding
+
+FORMAT = "slmkit-checkpoint"
+VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_state(model) -> dict[str, torch.Tensor]:
+    """The model's tensors to save: contiguous, on CPU, a tied head left out."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and model.config.tie_embeddings:
+            continue
+        state[name] = tensor.detach().to("cpu").contiguous()
+    return state
+
+
+def write_checkpoint(directory: str | os.PathLike, config: ModelConfig, state: dict[str, torch.Tensor],
+                     extra: dict | None = None, extra_files: dict[str, str | os.PathLike] | None = None) -> Path:
+    """Write config + weights (+ extra files copied in) atomically: a temp dir renamed into place.
+
+    An existing directory is replaced only once the new one is complete.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        meta = {"format": FORMAT, "version": VERSION, "model": config.to_dict(),
+                "weights_sha256": sha256_file(tmp / WEIGHTS_FILE)}
+        if extra:
+            meta.update(extra)
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        for name, source in (extra_files or {}).items():
+            source = Path(source)
+            if source.is_dir():
+                shutil.copytree(source, tmp / name)
+            else:
+                shutil.copy2(source, tmp / name)
+        _replace_dir(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, target)
+
+
+def save_model(model, directory: str | os.PathLike, extra: dict | None = None,
+               extra_files: dict | None = None) -> Path:
+    """Save a Transformer as an slmkit checkpoint directory (atomic)."""
+    return write_checkpoint(directory, model.config, model_state(model), extra, extra_files)
+
+
+def read_checkpoint_config(directory: str | os.PathLike) -> dict:
+    """The parsed config.json of a checkpoint directory, checked for format and version."""
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not directory.exists():
+        raise SlmError(f"checkpoint not found: {directory}")
+    if not path.is_file():
+        raise SlmError(f"{directory} is not an slmkit checkpoint (no {CONFIG_FILE}); "
+                       f"for a Hugging Face model directory use `slm import-hf`")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SlmError(f"{path} is not valid JSON ({error}); the checkpoint is damaged") from None
+    if meta.get("format") != FORMAT:
+        raise SlmError(f"{path} is not an slmkit checkpoint config (format={meta.get('format')!r}); "
+                       f"for a Hugging Face model directory use `slm import-hf`")
+    if meta.get("version") != VERSION:
+        raise SlmError(f"{path}: checkpoint version {meta.get('version')} is not supported "
+                       f"(this slmkit reads version {VERSION})")
+    return meta
+
+
+def load_state(directory: str | os.PathLike, verify: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """(config, tensors, meta) of a checkpoint, after checking the weights' hash."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = read_checkpoint_config(directory)
+    config = ModelConfig.from_dict(meta["model"], where=str(directory / CONFIG_FILE)).validate()
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise SlmError(f"checkpoint {directory} has no {WEIGHTS_FILE}; it is incomplete")
+    if verify and meta.get("weights_sha256") and sha256_file(weights) != meta["weights_sha256"]:
+        raise SlmError(f"{weights} does not match the hash in {CONFIG_FILE}: the file is truncated or "
+                       f"was modified; restore it or use another checkpoint")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise SlmError(f"cannot read {weights}: {error}; the checkpoint is damaged") from None
+    return config, state, meta
+
+
+def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Load a Transformer from a checkpoint directory, in eval mode.
+
+    Raises SlmError for a missing, damaged or incompatible checkpoint. Never executes code.
+    """
+    from slmkit.model.transformer import Transformer
+
+    directory = resolve_checkpoint_dir(directory)
+    config, state, meta = load_state(directory)
+    with torch.device("meta"):
+        model = Transformer(config)
+    model = model.to_empty(device=device)
+    load_weights(model, state, str(directory))
+    if dtype is not None:
+        model = model.to(dtype)
+    model.checkpoint_dir = directory
+    model.checkpoint_meta = meta
+    return model.eval()
+
+
+def load_weights(model, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy `state` into `model`, refusing missing, unexpected or mis-shaped tensors."""
+    expected = model.state_dict()
+    if model.config.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise SlmError(f"weights in {where} do not match the model config: missing {missing[:5]}, "
+                       f"unexpected {unexpected[:5]}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise SlmError(f"weights in {where}: {name} has shape {tuple(tensor.shape)}, "
+                           f"the config needs {tuple(expected[name].shape)}")
+    model.load_state_dict(state, strict=False, assign=False)
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.embed.weight
+    # Buffers that are not saved (rotary frequencies) must be recomputed after to_empty.
+    for module in model.modules():
+        if isinstance(module, RotaryEmbedding):
+            module.reset_parameters()
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A checkpoint dir itself, or a run dir's best (else last) checkpoint."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return path
+    for name in ("best", "last"):
+        candidate = path / "checkpoints" / name
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    if not path.exists():
+        raise SlmError(f"checkpoint not found: {path}")
+    raise SlmError(f"{path} holds no slmkit checkpoint (no {CONFIG_FILE}, no checkpoints/best or last)")
