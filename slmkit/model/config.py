@@ -92,6 +92,14 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise SlmError(f"model.{name} = {value!r}: must be a positive whole number")
+        for name in ("norm_bias", "norm_unit_offset", "qk_norm", "attention_bias", "mlp_bias",
+                     "tie_embeddings", "embedding_scale"):
+            if not isinstance(getattr(self, name), bool):
+                raise SlmError(f"model.{name} = {getattr(self, name)!r}: must be true or false")
+        for name in ("norm_eps", "rope_theta", "dropout", "init_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise SlmError(f"model.{name} = {value!r}: must be a number")
         for name, allowed in (("norm", NORMS), ("norm_placement", NORM_PLACEMENTS), ("mlp", MLPS),
                               ("position", POSITIONS)):
             value = getattr(self, name)
@@ -150,6 +158,9 @@ class ModelConfig:
         return cls(**values)
 
     def replace(self, **changes) -> ModelConfig:
+        """A copy with `changes`; a derived head_dim is derived again unless given."""
         values = self.to_dict()
+        if "head_dim" not in changes and self.head_dim == self.d_model // self.n_heads:
+            values["head_dim"] = None
         values.update(changes)
-        return ModelConfig.from_dict(values)
+        return ModelConfig.from_dict(values).validate()

@@ -1,0 +1,35 @@
+"""`slm presets` and `slm info`."""
+
+from __future__ import annotations
+
+
+def add_config_arguments(parser, required: bool = False) -> None:
+    """--preset / --config / --set, shared by every command that builds a model config."""
+    parser.add_argument("--preset", help="a named preset (see `slm presets`)")
+    parser.add_argument("--config", help="a TOML or YAML config file with [model] (and [train]) sections")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a field, e.g. --set n_layers=8 or --set train.lr=3e-4 (repeatable)")
+
+
+def register(subparsers) -> None:
+    presets = subparsers.add_parser("presets", help="list the model presets")
+    presets.set_defaults(run=_presets)
+
+    info = subparsers.add_parser("info", help="parameters, memory, FLOPs and KV cache of a model config")
+    add_config_arguments(info)
+    info.set_defaults(run=_info)
+
+
+def _presets(args) -> int:
+    from slmkit.config import presets_table
+
+    print(presets_table())
+    return 0
+
+
+def _info(args) -> int:
+    from slmkit.config import load_model_config
+    from slmkit.model.stats import describe
+
+    print(describe(load_model_config(args.preset, args.config, args.overrides)))
+    return 0
