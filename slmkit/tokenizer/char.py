@@ -1,0 +1,88 @@
+"""Character-level tokenizer (as in nanoGPT's shakespeare_char): one id per character seen in training.
+
+Ids 0..n-1 are the sorted characters, id n is `<|endoftext|>`. Encoding is a numpy table lookup over
+code points, so it is fast; a character that was not in the training text is an error, not a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from slmkit.errors import SlmError
+from slmkit.tokenizer.base import EOT_TOKEN, Tokenizer
+
+
+class CharTokenizer(Tokenizer):
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str], name: str = "char"):
+        self.chars = sorted(set(chars))
+        if any(len(c) != 1 for c in self.chars):
+            raise SlmError("a character tokenizer's vocabulary must hold single characters")
+        self.name = name
+        self.eot_id = len(self.chars)
+        self.pad_id = None
+        self.vocab_size = len(self.chars) + 1
+        top = max((ord(c) for c in self.chars), default=0)
+        self._table = np.full(top + 1, -1, dtype=np.int64)
+        for index, char in enumerate(self.chars):
+            self._table[ord(char)] = index
+
+    def encode_to_array(self, text: str, dtype=np.uint32) -> np.ndarray:
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        inside = points < len(self._table)
+        ids = np.full(len(points), -1, dtype=np.int64)
+        ids[inside] = self._table[points[inside]]
+        if (ids < 0).any():
+            unknown = sorted({chr(p) for p in points[ids < 0][:1000]})
+            raise SlmError(
+                f"characters not in the {self.vocab_size}-id character vocabulary: {unknown[:10]!r}; "
+                "train the character tokenizer on text that contains them"
+            )
+        return ids.astype(dtype)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_to_array(text, np.int64).tolist()
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        out = []
+        for i in ids:
+            i = int(i)
+            if i < len(self.chars):
+                out.append(self.chars[i])
+            elif i == self.eot_id and not skip_special_tokens:
+                out.append(EOT_TOKEN)
+        return "".join(out)
+
+    def token_byte_lengths(self) -> np.ndarray:
+        return np.array([len(c.encode("utf-8")) for c in self.chars] + [0], dtype=np.int64)
+
+    def _manifest_extra(self, directory: Path) -> dict:
+        return {"chars": "".join(self.chars)}
+
+    def to_hf_tokenizer(self):
+        """A WordLevel tokenizer over single characters (unknown characters map to end-of-text there,
+        since `tokenizers` needs an unknown token; slmkit itself refuses them)."""
+        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        vocab = {c: i for i, c in enumerate(self.chars)}
+        vocab[EOT_TOKEN] = self.eot_id
+        hf = HFTokenizer(models.WordLevel(vocab=vocab, unk_token=EOT_TOKEN))
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        hf.decoder = decoders.Fuse()
+        hf.add_special_tokens([AddedToken(EOT_TOKEN, special=True, normalized=False)])
+        return hf
+
+
+def train_char(texts: Iterable[str]) -> CharTokenizer:
+    """A character tokenizer over every character in `texts`."""
+    chars: set[str] = set()
+    for text in texts:
+        chars.update(text)
+    if not chars:
+        raise SlmError("cannot train a character tokenizer on empty text")
+    return CharTokenizer(chars)
