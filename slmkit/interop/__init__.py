@@ -1,0 +1,1 @@
+"""Interoperability: Hugging Face transformers import/export (hf.py)."""

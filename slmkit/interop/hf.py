@@ -1,0 +1,202 @@
+"""Hugging Face model directories to slmkit checkpoints and back, without transformers installed.
+
+`import_hf(HF_DIR, OUT)` reads config.json and the weights (model.safetensors, a sharded
+model.safetensors.index.json, or pytorch_model.bin read with `torch.load(weights_only=True)`, so no
+file can run code) and writes an slmkit checkpoint. `export_hf(CKPT, OUT)` writes config.json and
+model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained(OUT)` loads with the same
+logits. The mapping itself lives in hf_config.py (configs) and hf_state.py (tensors).
+
+Both write into a temporary directory beside OUT and rename it into place, so a failure leaves
+nothing at OUT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from slmkit.errors import SlmError
+from slmkit.interop.hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf, hf_family
+from slmkit.interop.hf_state import state_from_hf, state_to_hf, tensor_map
+from slmkit.model.checkpoint import load_state, resolve_checkpoint_dir, write_checkpoint
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf", "export_hf", "hf_family", "import_hf",
+           "read_hf_config", "read_hf_weights", "state_from_hf", "state_to_hf", "tensor_map"]
+
+# Tokenizer files of an HF model directory, carried over as they are.
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                      "merges.txt", "tokenizer.model", "added_tokens.json")
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PYTORCH_BIN = "pytorch_model.bin"
+PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+
+
+# -- reading an HF directory --------------------------------------------------------------------
+def read_hf_config(hf_dir: str | os.PathLike) -> dict:
+    """The parsed config.json of an HF model directory; SlmError if the directory or file is unusable."""
+    hf_dir = Path(hf_dir)
+    if not hf_dir.exists():
+        raise SlmError(f"Hugging Face model directory not found: {hf_dir}")
+    if not hf_dir.is_dir():
+        raise SlmError(f"{hf_dir} is not a directory; give the folder that holds config.json and the weights")
+    path = hf_dir / "config.json"
+    if not path.is_file():
+        raise SlmError(f"{hf_dir} has no config.json; it is not a Hugging Face model directory "
+                       f"(download the whole model folder, e.g. with `huggingface-cli download`)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SlmError(f"{path} is not valid JSON ({error}); download it again") from None
+
+
+def read_hf_weights(hf_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of an HF model directory, from safetensors (single or sharded) or pytorch_model.bin.
+
+    .bin files are read with `torch.load(weights_only=True)`: a file that would run code is refused.
+    Raises SlmError for no weight file, or a missing, truncated or damaged one.
+    """
+    hf_dir = Path(hf_dir)
+    if (hf_dir / SAFETENSORS).is_file():
+        return _read_safetensors(hf_dir / SAFETENSORS)
+    if (hf_dir / SAFETENSORS_INDEX).is_file():
+        return _read_sharded(hf_dir, SAFETENSORS_INDEX, _read_safetensors)
+    if (hf_dir / PYTORCH_BIN).is_file():
+        return _read_bin(hf_dir / PYTORCH_BIN)
+    if (hf_dir / PYTORCH_BIN_INDEX).is_file():
+        return _read_sharded(hf_dir, PYTORCH_BIN_INDEX, _read_bin)
+    raise SlmError(f"{hf_dir} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {PYTORCH_BIN} or "
+                   f"{PYTORCH_BIN_INDEX}; download the weight files too")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise SlmError(f"cannot read {path}: {error}; the file is truncated or damaged, download it again") from None
+
+
+def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling refused"
+        raise SlmError(f"refusing {path}: it holds more than tensors and loading it could run code "
+                       f"({first_line}); convert it to safetensors with a trusted tool") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise SlmError(f"cannot read {path}: {str(error).splitlines()[0]}; the file is truncated or damaged, "
+                       f"download it again") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise SlmError(f"{path} is not a state dict of tensors; it is not a Hugging Face weight file")
+    return state
+
+
+def _read_sharded(hf_dir: Path, index_name: str, read) -> dict[str, torch.Tensor]:
+    index_path = hf_dir / index_name
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise SlmError(f"{index_path} is not a valid weight index ({error!r}); download it again") from None
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        path = hf_dir / shard
+        if not path.is_file():
+            raise SlmError(f"{index_path} lists shard {shard}, which is missing; download it too")
+        state.update(read(path))
+    missing = sorted(set(weight_map) - set(state))
+    if missing:
+        raise SlmError(f"shards listed in {index_path} lack {len(missing)} tensor(s), e.g. {missing[:3]}; "
+                       f"the download is incomplete")
+    return state
+
+
+# -- import -------------------------------------------------------------------------------------
+def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Convert a local HF model directory (GPT-2, Llama/SmolLM2, Gemma 3) into an slmkit checkpoint.
+
+    Tensors keep their stored dtype. Tokenizer files found in `hf_dir` (tokenizer.json, vocab.json,
+    merges.txt, ...) are copied into the checkpoint as they are. Returns the checkpoint directory.
+    Raises SlmError (and writes nothing) for an unusable directory, an unsupported architecture or
+    feature, missing, truncated or mis-shaped weights, or an existing `out_dir` without `overwrite`.
+    """
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    hf_config = read_hf_config(hf_dir)
+    config = config_from_hf(hf_config)
+    _check_out_dir(out_dir, overwrite, source=hf_dir)
+    state = state_from_hf(read_hf_weights(hf_dir), config)
+    tokenizer_files = {name: hf_dir / name for name in HF_TOKENIZER_FILES if (hf_dir / name).is_file()}
+    source = {"format": "huggingface", "path": str(hf_dir.resolve()), "model_type": hf_config.get("model_type"),
+              "architectures": hf_config.get("architectures")}
+    return write_checkpoint(out_dir, config, state, extra={"source": source}, extra_files=tokenizer_files)
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool, source: Path) -> None:
+    if out_dir.exists() and out_dir.resolve() == source.resolve():
+        raise SlmError(f"output {out_dir} is the input directory; choose another output directory")
+    if out_dir.exists() and not overwrite:
+        raise SlmError(f"{out_dir} already exists; choose a new directory or pass --force to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SlmError(f"{out_dir} exists and is not a directory")
+
+
+# -- export -------------------------------------------------------------------------------------
+def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write an slmkit checkpoint as an HF model directory (config.json + model.safetensors).
+
+    `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads it as GPT2LMHeadModel,
+    LlamaForCausalLM or Gemma3ForCausalLM with the same logits. `ckpt_dir` may be a checkpoint or a run
+    directory (its best, else last, checkpoint). A tokenizer saved in the checkpoint is exported too.
+    Returns `out_dir`. Raises SlmError (and writes nothing) when the checkpoint is missing or damaged,
+    its config fits no HF architecture exactly, or `out_dir` exists without `overwrite`.
+    """
+    ckpt_dir, out_dir = resolve_checkpoint_dir(ckpt_dir), Path(out_dir)
+    config, state, _ = load_state(ckpt_dir)
+    dtype = str(state["embed.weight"].dtype).removeprefix("torch.") if "embed.weight" in state else "float32"
+    hf_config = config_to_hf(config, dtype=dtype)
+    hf_state = state_to_hf(state, config)
+    _check_out_dir(out_dir, overwrite, source=ckpt_dir)
+    from safetensors.torch import save_file
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        save_file(hf_state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        _export_tokenizer(ckpt_dir, tmp)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _export_tokenizer(ckpt_dir: Path, out_dir: Path) -> None:
+    """The checkpoint's tokenizer in HF form: through slmkit.tokenizer when it can, else HF files copied."""
+    try:
+        from slmkit.tokenizer import load_tokenizer
+    except ImportError:
+        load_tokenizer = None
+    if load_tokenizer is not None and (ckpt_dir / "slmkit_tokenizer.json").is_file():
+        tokenizer = load_tokenizer(ckpt_dir)
+        if hasattr(tokenizer, "export_hf"):
+            tokenizer.export_hf(out_dir)
+            return
+    for name in HF_TOKENIZER_FILES:
+        if (ckpt_dir / name).is_file():
+            shutil.copy2(ckpt_dir / name, out_dir / name)

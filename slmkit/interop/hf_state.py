@@ -1,0 +1,207 @@
+"""Weights between slmkit and Hugging Face transformers: a name-and-layout mapping of tensors.
+
+One table (`tensor_map`) lists, for a config, every slmkit tensor and the HF tensors it is made of;
+import and export both read it, so the two directions cannot drift apart. Layout differences:
+
+- slmkit fuses Q, K and V into one `attn.qkv` Linear with rows [Q | K | V]; Llama and Gemma 3 keep
+  `q_proj`, `k_proj`, `v_proj` (concatenated / split along rows); GPT-2's `c_attn` is already fused.
+- GPT-2's `Conv1D` stores weights as (in, out), the transpose of `nn.Linear`.
+- Rotary is rotate-half in both, and Gemma's norms store w of (1 + w) in both, so those copy as-is.
+- A GPT-2-shaped slmkit model without biases exports zero biases (identical logits); importing them
+  back into that config checks that they are zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slmkit.errors import SlmError
+from slmkit.interop.hf_config import hf_family
+from slmkit.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One slmkit tensor and the HF tensors it is made of (concatenated along dim 0 of the slmkit layout).
+
+    slm_name None: an HF-only tensor the slmkit config does not have (a zero GPT-2 bias).
+    conv1d: the HF tensors are stored transposed (GPT-2 Conv1D weights).
+    """
+
+    slm_name: str | None
+    hf_names: tuple[str, ...]
+    hf_shapes: tuple[tuple[int, ...], ...]
+    conv1d: bool = False
+
+
+def tensor_map(config: ModelConfig, family: str | None = None) -> list[Piece]:
+    """Every tensor of `config` (the tied head left out) with its HF name(s) and shape(s)."""
+    family = family or hf_family(config)
+    return _gpt2_map(config) if family == "gpt2" else _llama_gemma_map(config, family)
+
+
+def _gpt2_map(c: ModelConfig) -> list[Piece]:
+    d, qkv, mlp = c.d_model, c.q_dim + 2 * c.kv_dim, c.d_mlp
+    pieces = [Piece("embed.weight", ("transformer.wte.weight",), ((c.vocab_size, d),)),
+              Piece("pos_embed.weight", ("transformer.wpe.weight",), ((c.context_length, d),))]
+
+    def add(slm: str, hf: str, shape: tuple, present: bool, conv1d: bool = False) -> None:
+        pieces.append(Piece(slm if present else None, (hf,), (shape,), conv1d))
+
+    for i in range(c.n_layers):
+        h, b = f"transformer.h.{i}", f"blocks.{i}"
+        for slm_norm, hf_norm in (("attn_norm", "ln_1"), ("mlp_norm", "ln_2")):
+            add(f"{b}.{slm_norm}.weight", f"{h}.{hf_norm}.weight", (d,), True)
+            add(f"{b}.{slm_norm}.bias", f"{h}.{hf_norm}.bias", (d,), c.norm_bias)
+        add(f"{b}.attn.qkv.weight", f"{h}.attn.c_attn.weight", (d, qkv), True, conv1d=True)
+        add(f"{b}.attn.qkv.bias", f"{h}.attn.c_attn.bias", (qkv,), c.attention_bias)
+        add(f"{b}.attn.out.weight", f"{h}.attn.c_proj.weight", (c.q_dim, d), True, conv1d=True)
+        add(f"{b}.attn.out.bias", f"{h}.attn.c_proj.bias", (d,), c.attention_bias)
+        add(f"{b}.mlp.up.weight", f"{h}.mlp.c_fc.weight", (d, mlp), True, conv1d=True)
+        add(f"{b}.mlp.up.bias", f"{h}.mlp.c_fc.bias", (mlp,), c.mlp_bias)
+        add(f"{b}.mlp.down.weight", f"{h}.mlp.c_proj.weight", (mlp, d), True, conv1d=True)
+        add(f"{b}.mlp.down.bias", f"{h}.mlp.c_proj.bias", (d,), c.mlp_bias)
+    add("final_norm.weight", "transformer.ln_f.weight", (d,), True)
+    add("final_norm.bias", "transformer.ln_f.bias", (d,), c.norm_bias)
+    if not c.tie_embeddings:
+        add("lm_head.weight", "lm_head.weight", (c.vocab_size, d), True)
+    return pieces
+
+
+def _llama_gemma_map(c: ModelConfig, family: str) -> list[Piece]:
+    d, mlp = c.d_model, c.d_mlp
+    pieces = [Piece("embed.weight", ("model.embed_tokens.weight",), ((c.vocab_size, d),))]
+    if family == "gemma3":
+        norms = (("attn_norm", "input_layernorm"), ("attn_post_norm", "post_attention_layernorm"),
+                 ("mlp_norm", "pre_feedforward_layernorm"), ("mlp_post_norm", "post_feedforward_layernorm"))
+    else:
+        norms = (("attn_norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm"))
+    for i in range(c.n_layers):
+        h, b = f"model.layers.{i}", f"blocks.{i}"
+        qkv = [f"{h}.self_attn.{name}_proj" for name in ("q", "k", "v")]
+        pieces.append(Piece(f"{b}.attn.qkv.weight", tuple(f"{n}.weight" for n in qkv),
+                            ((c.q_dim, d), (c.kv_dim, d), (c.kv_dim, d))))
+        if c.attention_bias:
+            pieces.append(Piece(f"{b}.attn.qkv.bias", tuple(f"{n}.bias" for n in qkv),
+                                ((c.q_dim,), (c.kv_dim,), (c.kv_dim,))))
+        pieces.append(Piece(f"{b}.attn.out.weight", (f"{h}.self_attn.o_proj.weight",), ((d, c.q_dim),)))
+        if c.attention_bias:
+            pieces.append(Piece(f"{b}.attn.out.bias", (f"{h}.self_attn.o_proj.bias",), ((d,),)))
+        if c.qk_norm:
+            for name in ("q_norm", "k_norm"):
+                pieces.append(Piece(f"{b}.attn.{name}.weight", (f"{h}.self_attn.{name}.weight",), ((c.head_dim,),)))
+        for slm, hf, shape in (("gate", "gate_proj", (mlp, d)), ("up", "up_proj", (mlp, d)),
+                               ("down", "down_proj", (d, mlp))):
+            pieces.append(Piece(f"{b}.mlp.{slm}.weight", (f"{h}.mlp.{hf}.weight",), (shape,)))
+            if c.mlp_bias:
+                pieces.append(Piece(f"{b}.mlp.{slm}.bias", (f"{h}.mlp.{hf}.bias",), (shape[:1],)))
+        for slm_norm, hf_norm in norms:
+            pieces.append(Piece(f"{b}.{slm_norm}.weight", (f"{h}.{hf_norm}.weight",), ((d,),)))
+    pieces.append(Piece("final_norm.weight", ("model.norm.weight",), ((d,),)))
+    if not c.tie_embeddings:
+        pieces.append(Piece("lm_head.weight", ("lm_head.weight",), ((c.vocab_size, d),)))
+    return pieces
+
+
+# -- HF key spellings ---------------------------------------------------------------------------
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")  # buffers old files saved
+_MULTIMODAL_PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
+                        ("language_model.lm_head.", "lm_head."))
+_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+
+def canonical_hf_names(hf_state: dict, family: str) -> dict:
+    """HF tensors renamed to the current transformers spelling (see `tensor_map`).
+
+    Accepts GPT-2 files without the `transformer.` prefix (the original OpenAI upload), multimodal
+    Gemma 3 files (the language model's tensors; the vision tower is dropped) and old buffers.
+    """
+    renamed = {}
+    for name, tensor in hf_state.items():
+        if name.endswith(_IGNORED_SUFFIXES) or name.startswith(_VISION_PREFIXES):
+            continue
+        if family == "gpt2":
+            if not name.startswith(("transformer.", "lm_head.")):
+                name = "transformer." + name
+        else:
+            for old, new in _MULTIMODAL_PREFIXES:
+                if name.startswith(old):
+                    name = new + name[len(old):]
+                    break
+        renamed[name] = tensor
+    return renamed
+
+
+# -- HF -> slmkit -------------------------------------------------------------------------------
+def state_from_hf(hf_state: dict, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """slmkit tensors (a tied head left out) from HF tensors for `config`; dtypes are kept.
+
+    Raises SlmError naming missing, unexpected or mis-shaped tensors, and non-zero GPT-2 biases
+    that `config` has no place for.
+    """
+    family = hf_family(config)
+    hf_state = canonical_hf_names(hf_state, family)
+    if config.tie_embeddings:
+        hf_state.pop("lm_head.weight", None)  # HF ties it to the embedding on load, whatever is stored
+    pieces = tensor_map(config, family)
+    wanted = {name for piece in pieces for name in piece.hf_names}
+    missing = [name for piece in pieces if piece.slm_name for name in piece.hf_names if name not in hf_state]
+    unexpected = sorted(set(hf_state) - wanted)
+    if missing:
+        raise SlmError(f"Hugging Face weights lack {len(missing)} tensor(s) that config.json implies, e.g. "
+                       f"{missing[:4]}; the weight files are incomplete or do not belong to this config")
+    if unexpected:
+        raise SlmError(f"Hugging Face weights hold {len(unexpected)} tensor(s) that config.json does not "
+                       f"explain, e.g. {unexpected[:4]}; the weights do not belong to this config")
+    state = {}
+    for piece in pieces:
+        parts = []
+        for name, shape in zip(piece.hf_names, piece.hf_shapes):
+            tensor = hf_state.get(name)
+            if tensor is None:
+                continue  # an optional zero bias that is absent
+            if not isinstance(tensor, torch.Tensor):
+                raise SlmError(f"Hugging Face weight {name} is a {type(tensor).__name__}, not a tensor")
+            if tuple(tensor.shape) != shape:
+                raise SlmError(f"Hugging Face weight {name} has shape {tuple(tensor.shape)}, but config.json "
+                               f"implies {shape}; the weights do not belong to this config")
+            parts.append(tensor.t() if piece.conv1d else tensor)
+        if piece.slm_name is None:
+            if parts and parts[0].count_nonzero():
+                raise SlmError(f"Hugging Face weight {piece.hf_names[0]} is not zero, but the slmkit config "
+                               f"has no such bias; import it with the config that config.json describes")
+            continue
+        state[piece.slm_name] = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)).contiguous()
+    return state
+
+
+# -- slmkit -> HF -------------------------------------------------------------------------------
+def state_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
+    """HF tensors (current transformers names and layouts) from slmkit tensors for `config`.
+
+    A tied head is left out (transformers ties it on load); GPT-2 biases the config lacks are zeros.
+    Raises SlmError when `config` fits no HF architecture or a tensor is missing or mis-shaped.
+    """
+    family = hf_family(config)
+    hf_state = {}
+    dtype = state["embed.weight"].dtype if "embed.weight" in state else torch.float32
+    for piece in tensor_map(config, family):
+        if piece.slm_name is None:
+            hf_state[piece.hf_names[0]] = torch.zeros(piece.hf_shapes[0], dtype=dtype)
+            continue
+        tensor = state.get(piece.slm_name)
+        if tensor is None:
+            raise SlmError(f"slmkit weights lack {piece.slm_name}; the checkpoint does not match its config")
+        rows = [shape[-1] if piece.conv1d else shape[0] for shape in piece.hf_shapes]
+        if tensor.shape[0] != sum(rows):
+            raise SlmError(f"slmkit weight {piece.slm_name} has shape {tuple(tensor.shape)}, which does not "
+                           f"match its config")
+        for name, shape, part in zip(piece.hf_names, piece.hf_shapes, tensor.split(rows, dim=0)):
+            part = part.t() if piece.conv1d else part
+            if tuple(part.shape) != shape:
+                raise SlmError(f"slmkit weight {piece.slm_name} has shape {tuple(tensor.shape)}, which does "
+                               f"not match its config")
+            hf_state[name] = part.contiguous().clone()
+    return hf_state
