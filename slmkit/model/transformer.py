@@ -121,6 +121,12 @@ class Transformer(nn.Module):
         x = self.final_norm(x)
         return x if return_hidden else self.lm_head(x)
 
+    def generate(self, prompt, config=None, **options):
+        """Continue a prompt (text or token ids); see `slmkit.generate.generate` for the options."""
+        from slmkit.generate import generate  # imported lazily: the model depends on nothing above it
+
+        return generate(self, prompt, config, **options)
+
     # -- bookkeeping --------------------------------------------------------------------------
     def num_parameters(self) -> int:
         """Unique parameters (a tied head counts once, as Hugging Face counts)."""

@@ -1,0 +1,251 @@
+"""The decoding engine: prefill the prompts into a preallocated KV cache, then one token per step.
+
+Prompts of different lengths share a batch through left padding: the model masks the padded keys
+and restarts positions at each row's first real token, so every row decodes exactly as it would
+alone. Temperature 0 (greedy) and sampling are the same loop; beam search (beam.py) reuses the
+prefill, the penalties and the stop rules.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from slmkit.errors import SlmError
+from slmkit.generate.sampling import NEG_INF, apply_penalties, choose_tokens, temperature_at
+
+
+@dataclass
+class Generation:
+    """One generated continuation.
+
+    tokens: the generated ids (the end-of-text or stop token that ended it is not included; the
+    tokens that spelled a stop string are). text: their decoded text, cut before a stop string
+    (None without a tokenizer). finish_reason: "eot", "stop_token", "stop_string", "length" (max
+    new tokens) or "context" (the model's context is full and overflow is "refuse"). score: beam
+    search's length-penalised sum of log-probabilities (None when sampling).
+    """
+
+    tokens: list[int]
+    text: str | None = None
+    finish_reason: str = "length"
+    score: float | None = None
+    prompt_tokens: list[int] = field(default_factory=list)
+
+
+def prepare_prompts(prompts: list[list[int]], config, context_length: int, eot_id: int | None,
+                    allow_slide: bool = True) -> list[list[int]]:
+    """Check and fit the prompts: an empty prompt starts from end-of-text; a prompt that leaves no room
+    in the context is refused, or (overflow "slide") keeps its last tokens, with a warning."""
+    fitted = []
+    for prompt in prompts:
+        prompt = list(prompt)
+        if not prompt:
+            if eot_id is None:
+                raise SlmError("empty prompt and no end-of-text id to start from; give a prompt or a tokenizer")
+            prompt = [eot_id]
+        needed = len(prompt) + config.max_new_tokens
+        if needed > context_length:
+            if config.overflow == "refuse" or not allow_slide:
+                raise SlmError(
+                    f"prompt of {len(prompt)} tokens + max_new_tokens {config.max_new_tokens} = {needed} "
+                    f"exceeds the model context of {context_length} tokens; shorten the prompt, lower "
+                    f"max_new_tokens, or use overflow='slide' (--overflow slide)"
+                    + (" (beam search cannot slide)" if not allow_slide else "")
+                )
+            if len(prompt) > context_length:
+                warnings.warn(
+                    f"prompt of {len(prompt)} tokens is longer than the model context of {context_length}; "
+                    f"keeping its last {context_length} tokens",
+                    stacklevel=3,
+                )
+                prompt = prompt[-context_length:]
+        fitted.append(prompt)
+    return fitted
+
+
+def left_pad(rows: list[list[int]], width: int | None = None, fill: int = 0):
+    """(tokens (B, width) long, pad_offsets (B,) long or None when no row is padded)."""
+    width = width or max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), fill, dtype=torch.long)
+    offsets = []
+    for i, row in enumerate(rows):
+        row = row[-width:]
+        tokens[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        offsets.append(width - len(row))
+    pad_offsets = torch.tensor(offsets, dtype=torch.long) if any(offsets) else None
+    return tokens, pad_offsets
+
+
+class StopChecker:
+    """Per-row stop rules on accepted tokens, and the streaming text that is safe to show so far."""
+
+    def __init__(self, config, eot_id: int | None, tokenizer=None, skip_special_tokens: bool = True):
+        self.stop_ids = set(config.stop_token_ids)
+        self.eot_id = None if config.ignore_eot else eot_id
+        self.stop_strings = list(config.stop_strings)
+        if self.stop_strings and tokenizer is None:
+            raise SlmError(f"stop_strings {self.stop_strings!r} need a tokenizer to read the text; "
+                           f"pass tokenizer= or use stop_token_ids")
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+
+    def token_stop(self, token: int) -> str | None:
+        if token == self.eot_id:
+            return "eot"
+        if token in self.stop_ids:
+            return "stop_token"
+        return None
+
+    def text(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=self.skip_special_tokens)
+
+    def string_stop(self, text: str) -> int | None:
+        """Index in `text` where the earliest stop string starts, or None."""
+        hits = [i for i in (text.find(s) for s in self.stop_strings) if i >= 0]
+        return min(hits) if hits else None
+
+    def safe_length(self, text: str) -> int:
+        """How much of `text` can be shown now: not an unfinished UTF-8 character, nor a possible
+        beginning of a stop string."""
+        end = len(text)
+        while end > 0 and text[end - 1] == "\ufffd":
+            end -= 1
+        for stop in self.stop_strings:
+            for keep in range(min(len(stop) - 1, end), 0, -1):
+                if text[end - keep:end] == stop[:keep]:
+                    end -= keep
+                    break
+        return end
+
+
+class RowState:
+    """What one row has produced, and what of it has been streamed."""
+
+    def __init__(self, prompt: list[int]):
+        self.prompt = prompt
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None
+        self.text: str | None = None
+        self.shown = 0  # characters of text already streamed
+
+    def to_generation(self, score: float | None = None) -> Generation:
+        return Generation(self.tokens, self.text, self.finish_reason or "length", score, self.prompt)
+
+
+def accept_token(state: RowState, token: int, stops: StopChecker,
+                 on_text: Callable[[str], None] | None) -> None:
+    """Record `token` for a running row, apply the stop rules, stream any text now safe to show."""
+    reason = stops.token_stop(token)
+    if reason:
+        state.finish_reason = reason
+    else:
+        state.tokens.append(token)
+    if stops.tokenizer is None:
+        return
+    text = stops.text(state.tokens)
+    cut = stops.string_stop(text) if stops.stop_strings else None
+    if cut is not None:
+        text, state.finish_reason = text[:cut], "stop_string"
+    state.text = text
+    if on_text is not None:
+        shown_to = len(text) if state.finish_reason else stops.safe_length(text)
+        if shown_to > state.shown:
+            on_text(text[state.shown:shown_to])
+            state.shown = shown_to
+
+
+def finish_rows(states: list[RowState], on_text: Callable[[int, str], None] | None) -> None:
+    """Rows stopped by max_new_tokens: mark them, and flush their held-back text."""
+    for row, state in enumerate(states):
+        if state.finish_reason is None:
+            state.finish_reason = "length"
+            if on_text is not None and state.text is not None and len(state.text) > state.shown:
+                on_text(row, state.text[state.shown:])
+                state.shown = len(state.text)
+
+
+def _generator(config, device) -> torch.Generator | None:
+    if config.seed is None:
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(config.seed)
+    return generator
+
+
+@torch.inference_mode()
+def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None, pad_id: int | None = None,
+           tokenizer=None, on_token: Callable[[int, int], None] | None = None,
+           on_text: Callable[[int, str], None] | None = None, skip_special_tokens: bool = True,
+           decode_step=None) -> list[Generation]:
+    """Decode every prompt (token ids) with `config` (num_beams 1); one Generation per prompt.
+
+    on_token(row, token) is called for each accepted token, on_text(row, text) with each piece of text
+    that is safe to show (needs a tokenizer). Temperature 0 is greedy. decode_step, when given,
+    replaces `model(tokens, cache=..., pad_offsets=...)` for the one-token steps (a compiled step).
+    """
+    context = model.config.context_length
+    rows = prepare_prompts(prompts, config, context, eot_id)
+    stops = StopChecker(config, eot_id, tokenizer, skip_special_tokens)
+    states = [RowState(row) for row in rows]
+    if config.max_new_tokens == 0:
+        return [s.to_generation() for s in states]
+    device = next(model.parameters()).device
+    generator = _generator(config, device)
+    batch = len(rows)
+    width = max(len(r) for r in rows)
+    total = width + config.max_new_tokens
+    prompt_tokens, pad_offsets = left_pad(rows, width)
+    history = torch.zeros((batch, total), dtype=torch.long, device=device)
+    history[:, :width] = prompt_tokens
+    pad_offsets = pad_offsets.to(device) if pad_offsets is not None else None
+    history_pad = pad_offsets
+    capacity = max(min(total - 1, context), width)  # steps the model will read
+    cache = model.new_cache(batch, capacity)
+    step_fn = decode_step or (lambda tokens, cache, pad: model(tokens, cache=cache, pad_offsets=pad))
+    logits = model(history[:, :width], cache=cache, pad_offsets=pad_offsets)[:, -1]
+    uses_penalties = (config.repetition_penalty != 1.0 or config.presence_penalty or config.frequency_penalty
+                      or config.no_repeat_ngram_size > 0)
+    running = [True] * batch
+    filler = eot_id if eot_id is not None else 0
+    column = width
+    for step in range(config.max_new_tokens):
+        scores = logits.float()
+        if pad_id is not None and pad_id != eot_id:
+            scores[:, pad_id] = NEG_INF  # a padding token is never emitted
+        if uses_penalties:
+            scores = apply_penalties(scores, history[:, :column], history_pad, width, config)
+        tokens = choose_tokens(scores, temperature_at(config, step), config, generator)
+        history[:, column] = tokens
+        column += 1
+        for row, token in enumerate(tokens.tolist()):
+            if not running[row]:
+                continue
+            accept_token(states[row], token, stops, on_text and (lambda text, row=row: on_text(row, text)))
+            if on_token is not None and states[row].finish_reason in (None, "stop_string"):
+                on_token(row, token)
+            running[row] = states[row].finish_reason is None
+        if not any(running) or step == config.max_new_tokens - 1:
+            break
+        if not all(running):
+            history[:, column - 1].masked_fill_(torch.tensor([not r for r in running], device=device), filler)
+        feed = history[:, column - 1:column]
+        if cache.length == cache.capacity:
+            # The context is full (overflow "slide"): keep the newest three quarters and re-read them.
+            keep = max(1, (3 * context) // 4)
+            kept = [history[i, max(int(history_pad[i]) if history_pad is not None else 0, column - keep):column]
+                    .tolist() for i in range(batch)]
+            kept_tokens, pad_offsets = left_pad(kept, keep)
+            pad_offsets = pad_offsets.to(device) if pad_offsets is not None else None
+            cache = model.new_cache(batch, capacity)
+            logits = model(kept_tokens.to(device), cache=cache, pad_offsets=pad_offsets)[:, -1]
+        else:
+            logits = step_fn(feed, cache, pad_offsets)[:, -1]
+    finish_rows(states, on_text)
+    for state in states:
+        if tokenizer is not None and state.text is None:
+            state.text = stops.text(state.tokens)
+    return [s.to_generation() for s in states]
