@@ -508,3 +508,71 @@ def test_preset_parameter_count_equals_transformers_count(preset, expected):
     assert model.num_parameters() == hf.num_parameters()
     if expected is not None:
         assert hf.num_parameters() == expected
+
+
+# -- real Hub configs (transformers v4 spelling) import as the presets ---------------------------
+SMOLLM2_135M_CONFIG = {  # HuggingFaceTB/SmolLM2-135M config.json
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 0,
+    "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.041666666666666664,
+    "intermediate_size": 1536, "is_llama_config": True, "max_position_embeddings": 8192, "model_type": "llama",
+    "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05, "rope_interleaved": False, "rope_scaling": None, "rope_theta": 100000,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.40.1", "use_cache": True,
+    "vocab_size": 49152,
+}
+GEMMA3_270M_CONFIG = {  # google/gemma-3-270m config.json
+    "_sliding_window_pattern": 6, "architectures": ["Gemma3ForCausalLM"], "attention_bias": False,
+    "attention_dropout": 0.0, "attn_logit_softcapping": None, "bos_token_id": 2, "eos_token_id": 1,
+    "final_logit_softcapping": None, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 640,
+    "initializer_range": 0.02, "intermediate_size": 2048,
+    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 3, "max_position_embeddings": 32768,
+    "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 18, "num_key_value_heads": 1,
+    "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0,
+    "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": 512, "torch_dtype": "bfloat16",
+    "use_bidirectional_attention": False, "use_cache": True, "vocab_size": 262144,
+}
+GPT2_CONFIG = {  # openai-community/gpt2 config.json (model fields)
+    "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1,
+    "bos_token_id": 50256, "embd_pdrop": 0.1, "eos_token_id": 50256, "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12,
+    "n_positions": 1024, "resid_pdrop": 0.1, "vocab_size": 50257,
+}
+
+
+@pytest.mark.parametrize("hub_config, preset", [
+    (SMOLLM2_135M_CONFIG, "smollm2-135m"), (GEMMA3_270M_CONFIG, "gemma3-270m"), (GPT2_CONFIG, "gpt2-124m")])
+def test_hub_config_imports_as_the_preset(hub_config, preset):
+    from slmkit.config import load_model_config
+
+    ignore = ("name", "extra", "dropout", "init_std")
+    imported = {k: v for k, v in config_from_hf(hub_config).to_dict().items() if k not in ignore}
+    expected = {k: v for k, v in load_model_config(preset=preset).to_dict().items() if k not in ignore}
+    assert imported == expected
+
+
+def test_import_hf_accepts_original_gpt2_key_spelling_and_mask_buffers(tmp_path):
+    from safetensors.torch import save_file
+
+    hf = hf_model("gpt2")
+    hf.config.save_pretrained(tmp_path / "hf")
+    # The OpenAI upload has no "transformer." prefix and stores each layer's causal-mask buffer.
+    state = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items()
+             if k != "lm_head.weight"}
+    for i in range(hf.config.n_layer):
+        state[f"h.{i}.attn.bias"] = torch.ones(1, 1, 64, 64).tril()
+    save_file(state, str(tmp_path / "hf" / "model.safetensors"))
+    assert max_logit_diff(hf, load_model(import_hf(tmp_path / "hf", tmp_path / "slm"))) <= TOLERANCE
+
+
+def test_export_hf_exports_the_checkpoint_tokenizer_for_autotokenizer(tmp_path):
+    from slmkit.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["the quick brown fox jumps over the lazy dog. " * 10, "a second document"],
+                                "bpe:300")
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, n_layers=1, d_model=32, n_heads=4, d_mlp=64)
+    save_model(Transformer(config), tmp_path / "ckpt")
+    tokenizer.save(tmp_path / "ckpt")
+    export_hf(tmp_path / "ckpt", tmp_path / "hf")
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tokenizer("the lazy fox")["input_ids"] == tokenizer.encode("the lazy fox")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == tokenizer.eot_id

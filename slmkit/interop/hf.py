@@ -171,8 +171,10 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         save_file(hf_state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
+        for key, value in _export_tokenizer(ckpt_dir, tmp).items():
+            if hf_config.get(key) is None:  # ids recorded at import win over the tokenizer's
+                hf_config[key] = value
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        _export_tokenizer(ckpt_dir, tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             os.replace(out_dir, old)
@@ -186,8 +188,11 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite
     return out_dir
 
 
-def _export_tokenizer(ckpt_dir: Path, out_dir: Path) -> None:
-    """The checkpoint's tokenizer in HF form: through slmkit.tokenizer when it can, else HF files copied."""
+def _export_tokenizer(ckpt_dir: Path, out_dir: Path) -> dict:
+    """The checkpoint's tokenizer in HF form: through slmkit.tokenizer when it can, else HF files copied.
+
+    Returns the special token ids the tokenizer defines ({"eos_token_id": ...}), for config.json.
+    """
     try:
         from slmkit.tokenizer import load_tokenizer
     except ImportError:
@@ -196,7 +201,9 @@ def _export_tokenizer(ckpt_dir: Path, out_dir: Path) -> None:
         tokenizer = load_tokenizer(ckpt_dir)
         if hasattr(tokenizer, "export_hf"):
             tokenizer.export_hf(out_dir)
-            return
+            ids = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
+            return {**ids, "pad_token_id": tokenizer.pad_id} if tokenizer.pad_id is not None else ids
     for name in HF_TOKENIZER_FILES:
         if (ckpt_dir / name).is_file():
             shutil.copy2(ckpt_dir / name, out_dir / name)
+    return {}
