@@ -1,0 +1,12 @@
+"""Data: sources, cleaning and deduplication, splitting, parallel tokenization, memory-mapped datasets.
+
+    from slmkit.data import prepare, open_dataset
+    ds = prepare(["shakespeare"], "data/shakespeare", tokenizer="gpt2")
+    x, y = ds.random_batch("train", batch_size=8, seq_len=256, seed=0, step=0)
+"""
+
+from slmkit.data.loader import Dataset, open_dataset
+from slmkit.data.prepare import prepare
+from slmkit.data.sources import BUILTINS, resolve_source
+
+__all__ = ["BUILTINS", "Dataset", "open_dataset", "prepare", "resolve_source"]

@@ -1,0 +1,179 @@
+"""Per-document work, run in worker processes: decode, clean, filter, hash, MinHash, tokenize.
+
+Every filter has a name; a dropped document reports the name so `prepare` can count it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from slmkit.data.dedup import NUM_PERM, content_hash, minhash
+from slmkit.data.sources import JSONL, STR, TEXT, RawItem
+from slmkit.errors import SlmError
+
+ENCODING_POLICIES = ("strict", "replace", "skip")
+# Filter names, in the order they are checked (also the keys of meta.json "filters").
+FILTERS = ("binary", "decode_error", "empty", "too_short", "error_page", "long_lines", "garbled")
+
+_ERROR_PAGE = re.compile(
+    r"\A\s*(?:<!doctype html[^>]*>\s*)?(?:<html[^>]*>\s*)?(?:<head>\s*)?(?:<title>\s*)?"
+    r"(?:\d{3}:? (?:not found|forbidden|bad gateway|bad request|internal server error|service unavailable|"
+    r"unauthorized|gateway time-?out|too many requests)|not found|access denied|page not found|error \d{3})",
+    re.IGNORECASE,
+)
+ERROR_PAGE_MAX_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class CleanOptions:
+    encoding_errors: str = "strict"  # strict: stop with an error; replace: U+FFFD; skip: drop the document
+    min_chars: int = 32
+    max_line_chars: int = 20_000
+    max_mean_line_chars: int = 2_000
+    max_replacement_share: float = 0.01
+    doc_separator: str | None = None
+    text_field: str = "text"
+    near_dup: bool = True
+    num_perm: int = NUM_PERM
+
+
+@dataclass
+class DocResult:
+    """One document after processing. `reason` is None when it is kept."""
+
+    name: str
+    group: str | None
+    reason: str | None
+    n_bytes: int = 0
+    hash: bytes = b""
+    signature: np.ndarray | None = None
+    tokens: np.ndarray | None = None  # ids with the end-of-text id appended
+    replaced: bool = False
+
+
+def normalize(text: str) -> str:
+    """Drop a BOM, turn CRLF/CR into LF, strip surrounding whitespace."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.lstrip("\ufeff").strip()
+
+
+def garbage_reason(text: str, options: CleanOptions, replaced: bool) -> str | None:
+    """Name of the filter `text` fails (after decoding), or None."""
+    if not text:
+        return "empty"
+    if len(text) < options.min_chars:
+        return "too_short"
+    if len(text) <= ERROR_PAGE_MAX_CHARS and _ERROR_PAGE.match(text):
+        return "error_page"
+    lines = text.count("\n") + 1
+    if len(text) / lines > options.max_mean_line_chars:
+        return "long_lines"
+    if len(text) > options.max_line_chars and max(map(len, text.split("\n"))) > options.max_line_chars:
+        return "long_lines"
+    if replaced and text.count("\ufffd") > options.max_replacement_share * len(text):
+        return "garbled"
+    return None
+
+
+class DocumentProcessor:
+    """Turns raw items into DocResults; one per worker process (it holds the tokenizer)."""
+
+    def __init__(self, options: CleanOptions, tokenizer=None, dtype=np.uint16):
+        self.options = options
+        self.tokenizer = tokenizer
+        self.dtype = np.dtype(dtype)
+
+    def texts(self, item: RawItem):
+        """(name, text or None, reason, replaced) for each document in `item` (decode and split only)."""
+        options = self.options
+        if item.kind == STR:
+            yield item.name, item.data, None, False
+            return
+        data = item.data
+        if item.kind == TEXT and b"\x00" in data[:8192]:
+            yield item.name, None, "binary", False
+            return
+        replaced = False
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            if options.encoding_errors == "strict":
+                raise SlmError(
+                    f"{item.name} is not valid UTF-8 (byte {error.start}: {error.reason}); use "
+                    "--encoding-errors replace (or skip) to keep going"
+                ) from None
+            if options.encoding_errors == "skip":
+                yield item.name, None, "decode_error", False
+                return
+            text, replaced = data.decode("utf-8", "replace"), True
+        if item.kind == JSONL:
+            start = int(item.name.rsplit(":", 1)[1])
+            path = item.name.rsplit(":", 1)[0]
+            for offset, line in enumerate(text.split("\n")):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise SlmError(f"{path} line {start + offset + 1} is not valid JSON: {error}") from None
+                if isinstance(row, dict):
+                    if options.text_field not in row:
+                        raise SlmError(
+                            f"{path} line {start + offset + 1}: no {options.text_field!r} field "
+                            f"(found {list(row)}); choose the field with --text-field"
+                        )
+                    row = row[options.text_field]
+                yield f"{path}:{start + offset}", "" if row is None else str(row), None, replaced
+            return
+        if options.doc_separator:
+            for k, part in enumerate(text.split(options.doc_separator)):
+                yield f"{item.name}#{k}", part, None, replaced
+        else:
+            yield item.name, text, None, replaced
+
+    def clean_texts(self, item: RawItem):
+        """(name, cleaned text or None, reason, replaced) for each document in `item`."""
+        for name, text, reason, replaced in self.texts(item):
+            if reason is None:
+                text = normalize(text)
+                reason = garbage_reason(text, self.options, replaced)
+            yield name, (text if reason is None else None), reason, replaced
+
+    def process(self, items: list[RawItem]) -> list[DocResult]:
+        results = []
+        eot = np.array([self.tokenizer.eot_id], dtype=self.dtype) if self.tokenizer else None
+        for item in items:
+            for name, text, reason, replaced in self.clean_texts(item):
+                if reason is not None:
+                    results.append(DocResult(name, item.group, reason, replaced=replaced))
+                    continue
+                result = DocResult(name, item.group, None, n_bytes=len(text.encode("utf-8", "surrogatepass")),
+                                   hash=content_hash(text), replaced=replaced)
+                if self.options.near_dup:
+                    result.signature = minhash(text, self.options.num_perm)
+                if self.tokenizer is not None:
+                    ids = self.tokenizer.encode_to_array(text, np.uint32)
+                    result.tokens = np.concatenate([ids.astype(self.dtype, copy=False), eot])
+                results.append(result)
+        return results
+
+
+# A worker process's own processor, set once by `init_worker` (process-local, never shared).
+_worker: DocumentProcessor | None = None
+
+
+def init_worker(options: CleanOptions, tokenizer_dir: str | None, dtype: str) -> None:
+    global _worker
+    from slmkit.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+    _worker = DocumentProcessor(options, tokenizer, dtype)
+
+
+def process_in_worker(items: list[RawItem]) -> list[DocResult]:
+    return _worker.process(items)

@@ -1,0 +1,644 @@
+"""`prepare`: sources in, a training-ready dataset directory out.
+
+One streaming pass reads the sources and hands batches to worker processes that decode, clean, filter,
+hash, MinHash and tokenize; the main process keeps the first copy of each exact duplicate and appends
+its tokens to a scratch file. Then near-duplicates are grouped, groups are split between train and
+validation, the scratch tokens are copied into train.bin / val.bin, and the tokenizer health and leak
+reports go into meta.json. Everything is written in a temporary directory renamed into place at the
+end, so an interrupted or failed run leaves no half dataset behind; a run whose inputs match the
+existing dataset's fingerprint reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shutil
+import sys
+import time
+from array import array
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slmkit.data.clean import FILTERS, CleanOptions, DocumentProcessor, init_worker, process_in_worker
+from slmkit.data.dedup import DEFAULT_THRESHOLD, NUM_PERM, UnionFind, near_duplicate_pairs
+from slmkit.data.leak import leak_check
+from slmkit.data.sources import TEXT_EXTENSIONS, Source, SourceOptions, resolve_source
+from slmkit.errors import SlmError
+from slmkit.tokenizer import Tokenizer, load_tokenizer, needs_training, tokenizer_health, train_tokenizer
+from slmkit.tokenizer.base import MANIFEST, write_json_atomic
+
+FORMAT = "slmkit-dataset"
+VERSION = 1
+BATCH_BYTES = 1 << 20
+WRITE_TOKENS = 1 << 24
+NEAR_DUP_MODES = ("group", "drop", "off")
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Everything besides the sources and the output directory that shapes a dataset (its fingerprint)."""
+
+    tokenizer: str = "gpt2"
+    val: float = 0.05  # a fraction (0 < val < 1) of the tokens, or a number of documents (>= 1)
+    seed: int = 1337
+    near_dup: str = "group"  # group: near-duplicates share a side of the split; drop: keep one; off
+    near_dup_threshold: float = DEFAULT_THRESHOLD
+    encoding_errors: str = "strict"
+    min_chars: int = 32
+    max_line_chars: int = 20_000
+    doc_separator: str | None = None
+    extensions: tuple[str, ...] = TEXT_EXTENSIONS
+    text_field: str = "text"
+    hf_split: str = "train"
+    max_documents: int | None = None
+    dtype: str | None = None
+    chat_tokens: bool = False
+    tokenizer_train_bytes: int = 1 << 30
+
+
+def prepare(
+    sources,
+    out_dir,
+    tokenizer="gpt2",
+    *,
+    val: float = 0.05,
+    val_sources=None,
+    seed: int = 1337,
+    near_dup: str = "group",
+    near_dup_threshold: float = DEFAULT_THRESHOLD,
+    encoding_errors: str = "strict",
+    min_chars: int = 32,
+    max_line_chars: int = 20_000,
+    doc_separator: str | None = None,
+    extensions=None,
+    text_field: str = "text",
+    hf_split: str = "train",
+    max_documents: int | None = None,
+    dtype: str | None = None,
+    chat_tokens: bool = False,
+    tokenizer_train_bytes: int = 1 << 30,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+):
+    """Build the dataset directory `out_dir` from `sources` and return it opened (`Dataset`, with
+    `.reused` True when an identical earlier result was kept).
+
+    sources: source specs (see `slmkit.data.sources`: paths, globs, hf:NAME, built-ins, SPEC@WEIGHT).
+    tokenizer: "gpt2", "bpe:N" or "char" (trained here on the cleaned documents), a tokenizer
+    directory or tokenizer.json, or a Tokenizer. val: fraction of tokens for validation, or a number of
+    documents; val_sources: explicit validation sources instead (training documents that are
+    near-duplicates of them are dropped). near_dup: "group" keeps near-duplicates on one side, "drop"
+    keeps one of each group, "off" skips the check. encoding_errors: "strict" (stop), "replace", "skip".
+    dtype: "uint16"/"uint32", default by vocabulary size. workers: tokenizing processes (default: the
+    usable cores). Raises SlmError for anything the user can fix, naming the value and the fix.
+    """
+    from slmkit.data.loader import open_dataset
+
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    val_sources = [val_sources] if isinstance(val_sources, (str, os.PathLike)) else list(val_sources or [])
+    options = PrepareOptions(
+        tokenizer=tokenizer.name if isinstance(tokenizer, Tokenizer) else str(tokenizer),
+        val=val, seed=seed, near_dup=near_dup, near_dup_threshold=near_dup_threshold,
+        encoding_errors=encoding_errors, min_chars=min_chars, max_line_chars=max_line_chars,
+        doc_separator=doc_separator, extensions=tuple(extensions or TEXT_EXTENSIONS), text_field=text_field,
+        hf_split=hf_split, max_documents=max_documents, dtype=dtype, chat_tokens=chat_tokens,
+        tokenizer_train_bytes=tokenizer_train_bytes,
+    )
+    _validate(options, sources, val_sources)
+    source_options = SourceOptions(options.extensions, text_field, hf_split, max_documents)
+    train_list = [resolve_source(str(s), source_options) for s in sources]
+    val_list = [resolve_source(str(s), source_options) for s in val_sources]
+    out_dir = Path(out_dir).expanduser()
+    fingerprint = _fingerprint(options, train_list, val_list, tokenizer)
+    if not force and _reusable(out_dir, fingerprint):
+        dataset = open_dataset(out_dir)
+        dataset.reused = True
+        return dataset
+    _check_out_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}-{os.urandom(3).hex()}"
+    tmp.mkdir()
+    try:
+        meta = _Builder(options, train_list, val_list, tokenizer, tmp, workers, progress).build()
+        meta["fingerprint"] = fingerprint
+        write_json_atomic(tmp / "meta.json", meta)
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dataset = open_dataset(out_dir)
+    dataset.reused = False
+    return dataset
+
+
+def _validate(options: PrepareOptions, sources, val_sources) -> None:
+    if not sources:
+        raise SlmError("no sources given: name files, folders, globs, hf:NAME or a built-in")
+    if options.encoding_errors not in ("strict", "replace", "skip"):
+        raise SlmError(f"encoding_errors must be strict, replace or skip, not {options.encoding_errors!r}")
+    if options.near_dup not in NEAR_DUP_MODES:
+        raise SlmError(f"near_dup must be one of {', '.join(NEAR_DUP_MODES)}, not {options.near_dup!r}")
+    if not 0 < options.near_dup_threshold <= 1:
+        raise SlmError(f"near-duplicate threshold must be in (0, 1], not {options.near_dup_threshold}")
+    if not val_sources and not (0 < options.val < 1 or (options.val >= 1 and float(options.val).is_integer())):
+        raise SlmError(
+            f"val must be a fraction between 0 and 1 or a whole number of documents, not {options.val}; "
+            "or give validation sources with --val-source"
+        )
+    if options.dtype not in (None, "uint16", "uint32"):
+        raise SlmError(f"dtype must be uint16 or uint32, not {options.dtype!r}")
+    if options.min_chars < 0:
+        raise SlmError(f"min_chars must be >= 0, not {options.min_chars}")
+
+
+def _fingerprint(options: PrepareOptions, train: list[Source], val: list[Source], tokenizer) -> str:
+    tokenizer_id = options.tokenizer
+    if isinstance(tokenizer, Tokenizer):
+        tokenizer_id = None  # an in-memory tokenizer cannot be fingerprinted cheaply: never reuse
+    elif Path(str(tokenizer)).exists():
+        path = Path(str(tokenizer))
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        tokenizer_id = [str(path)] + [hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()]
+    if tokenizer_id is None:
+        return os.urandom(16).hex()
+    blob = json.dumps(
+        {
+            "format": FORMAT, "version": VERSION, "options": asdict(options), "tokenizer": tokenizer_id,
+            "train": [(s.fingerprint(), s.weight) for s in train], "val": [s.fingerprint() for s in val],
+        },
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _reusable(out_dir: Path, fingerprint: str) -> bool:
+    try:
+        meta = json.loads((out_dir / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if meta.get("fingerprint") != fingerprint:
+        return False
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in ("train", "val"):
+        path = out_dir / f"{split}.bin"
+        if not path.is_file() or path.stat().st_size != meta["splits"][split]["tokens"] * itemsize:
+            return False
+    return True
+
+
+def _is_dataset(path: Path) -> bool:
+    try:
+        return json.loads((path / "meta.json").read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SlmError(f"output {out_dir} exists and is a file; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_dataset(out_dir):
+        raise SlmError(f"output folder {out_dir} is not empty and holds no slmkit dataset; choose another --out")
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """Remove scratch folders of earlier runs of this output that were killed (their process is gone)."""
+    for path in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        try:
+            pid = int(path.name.rsplit(".tmp-", 1)[1].split("-")[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, PermissionError, IndexError):
+            continue
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    for scratch in ("scratch_tokens.bin", "scratch_signatures.bin"):
+        (tmp / scratch).unlink(missing_ok=True)
+    if out_dir.is_dir():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class _Builder:
+    """One run of prepare; holds the per-document table while it is built."""
+
+    def __init__(self, options, train_sources, val_sources, tokenizer, tmp: Path, workers, progress):
+        self.options = options
+        self.sources: list[Source] = train_sources + val_sources
+        self.is_val_source = [False] * len(train_sources) + [True] * len(val_sources)
+        self.tokenizer_arg = tokenizer
+        self.tmp = tmp
+        self.workers = usable_cores() if workers is None else max(1, int(workers))
+        self.progress = progress and sys.stderr.isatty() if progress == "auto" else bool(progress)
+        self.clean = CleanOptions(
+            encoding_errors=options.encoding_errors, min_chars=options.min_chars,
+            max_line_chars=options.max_line_chars, doc_separator=options.doc_separator,
+            text_field=options.text_field, near_dup=options.near_dup != "off",
+        )
+        self.warnings: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    # ---- tokenizer ----
+
+    def _tokenizer(self) -> Tokenizer:
+        arg = self.tokenizer_arg
+        if isinstance(arg, Tokenizer):
+            return arg
+        if not needs_training(str(arg)):
+            return load_tokenizer(arg)
+        start = time.perf_counter()
+        processor = DocumentProcessor(self.clean)
+        budget = self.options.tokenizer_train_bytes
+        check: list[str] = []
+
+        def texts():
+            nonlocal budget
+            for source in self.sources:
+                for item in source.iter_items():
+                    for _, text, reason, _ in processor.clean_texts(item):
+                        if reason is None and budget > 0:
+                            budget -= len(text)
+                            if len(check) < 4:
+                                check.append(text[:200_000])
+                            yield text
+                    if budget <= 0:
+                        return
+
+        corpus = list(texts()) if str(arg) == "char" else texts()
+        empty = SlmError(f"every document was filtered out, so {arg} cannot be trained; check the sources and --min-chars")
+        if str(arg) == "char" and not corpus:
+            raise empty
+        tokenizer = train_tokenizer(corpus, str(arg), chat_tokens=self.options.chat_tokens, check_texts=check)
+        if not check:
+            raise empty
+        self.timings["tokenizer_training_s"] = round(time.perf_counter() - start, 3)
+        return tokenizer
+
+    # ---- the pass over the sources ----
+
+    def _batches(self, source: Source, stats: dict):
+        digest = hashlib.sha256()
+        batch, size = [], 0
+        for item in source.iter_items():
+            data = item.data if isinstance(item.data, bytes) else item.data.encode("utf-8", "surrogatepass")
+            digest.update(item.name.encode("utf-8", "surrogatepass") + b"\0" + data)
+            stats["raw_bytes"] += len(data)
+            batch.append(item)
+            size += len(data)
+            if size >= BATCH_BYTES:
+                yield batch, size
+                batch, size = [], 0
+        if batch:
+            yield batch, size
+        stats["sha256"] = digest.hexdigest()
+
+    def _results(self, tokenizer_dir: Path, total_bytes: int | None):
+        """Yield (source index, DocResult) in corpus order, with at most 2 batches per worker in flight."""
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not self.progress,
+                   smoothing=0.1, dynamic_ncols=True)
+        self.bar = bar
+        pool = None
+        if self.workers > 1:
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            pool = multiprocessing.get_context(method).Pool(
+                self.workers, initializer=init_worker, initargs=(self.clean, str(tokenizer_dir), self.dtype.name)
+            )
+        else:
+            local = DocumentProcessor(self.clean, load_tokenizer(tokenizer_dir), self.dtype)
+        try:
+            pending: deque = deque()
+            for index, source in enumerate(self.sources):
+                for batch, size in self._batches(source, self.source_stats[index]):
+                    if pool is None:
+                        pending.append((index, size, local.process(batch)))
+                    else:
+                        pending.append((index, size, pool.apply_async(process_in_worker, (batch,))))
+                    while len(pending) > (2 * self.workers if pool else 0):
+                        yield from self._drain(pending.popleft(), bar)
+            while pending:
+                yield from self._drain(pending.popleft(), bar)
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+
+    @staticmethod
+    def _drain(entry, bar):
+        index, size, results = entry
+        if not isinstance(results, list):
+            results = results.get()
+        bar.update(size)
+        for result in results:
+            yield index, result
+
+    def build(self) -> dict:
+        options = self.options
+        start = time.perf_counter()
+        tokenizer = self._tokenizer()
+        tokenizer.save(self.tmp)
+        vocab_size = tokenizer.vocab_size
+        if options.dtype == "uint16" and vocab_size > 65536:
+            raise SlmError(f"vocab size {vocab_size} does not fit uint16 tokens; use --dtype uint32")
+        self.dtype = np.dtype(options.dtype or ("uint16" if vocab_size <= 65536 else "uint32"))
+        self.source_stats = [{"raw_bytes": 0, "sha256": None} for _ in self.sources]
+        total_bytes = None
+        if all(s.kind == "local" for s in self.sources):
+            total_bytes = sum(p.stat().st_size for s in self.sources for p in s.paths)
+
+        # Per kept document: source, scratch token offset and length, text bytes, signature row, group key.
+        doc_source, doc_offset, doc_tokens, doc_bytes, doc_sig = (array("q") for _ in range(5))
+        doc_names: list[str] = []
+        doc_hashes: list[bytes] = []
+        doc_group: dict[int, str] = {}
+        seen: dict[bytes, int] = {}
+        filters: Counter = Counter()
+        per_source_filters = [Counter() for _ in self.sources]
+        decode_problems: list[str] = []
+        n_decode_problems = 0
+        n_sigs = 0
+        offset = 0
+        pass_start = time.perf_counter()
+        with open(self.tmp / "scratch_tokens.bin", "wb") as token_file, \
+                open(self.tmp / "scratch_signatures.bin", "wb") as sig_file:
+            for source_index, result in self._results(self.tmp, total_bytes):
+                if result.replaced or result.reason == "decode_error":
+                    n_decode_problems += 1
+                    if len(decode_problems) < 100:
+                        decode_problems.append(result.name)
+                if result.reason is not None:
+                    filters[result.reason] += 1
+                    per_source_filters[source_index][result.reason] += 1
+                    continue
+                if result.hash in seen:
+                    filters["exact_duplicate"] += 1
+                    per_source_filters[source_index]["exact_duplicate"] += 1
+                    continue
+                seen[result.hash] = len(doc_names)
+                if result.group is not None:
+                    doc_group[len(doc_names)] = result.group
+                doc_names.append(result.name)
+                doc_hashes.append(result.hash)
+                doc_source.append(source_index)
+                doc_offset.append(offset)
+                doc_tokens.append(len(result.tokens))
+                doc_bytes.append(result.n_bytes)
+                result.tokens.tofile(token_file)
+                offset += len(result.tokens)
+                if result.signature is not None:
+                    result.signature.tofile(sig_file)
+                    doc_sig.append(n_sigs)
+                    n_sigs += 1
+                else:
+                    doc_sig.append(-1)
+                self.bar.set_postfix_str(f"{offset / max(time.perf_counter() - pass_start, 1e-9) / 1e6:.2f}M tok/s",
+                                         refresh=False)
+        self.timings["read_clean_tokenize_s"] = round(time.perf_counter() - pass_start, 3)
+        seen.clear()
+        n_docs = len(doc_names)
+        if n_docs == 0:
+            counts = ", ".join(f"{k}: {v}" for k, v in filters.items()) or "no documents found"
+            raise SlmError(f"every document was filtered out ({counts}); check the sources and --min-chars")
+
+        # ---- near-duplicate groups ----
+        t0 = time.perf_counter()
+        union = UnionFind(n_docs)
+        pairs = []
+        if options.near_dup != "off" and n_sigs > 1:
+            signatures = np.fromfile(self.tmp / "scratch_signatures.bin", dtype=np.uint32).reshape(n_sigs, NUM_PERM)
+            rows = np.frombuffer(doc_sig, dtype=np.int64)
+            sig_doc = np.flatnonzero(rows >= 0)
+            for a, b, similarity in near_duplicate_pairs(signatures, options.near_dup_threshold):
+                da, db = int(sig_doc[a]), int(sig_doc[b])
+                union.union(da, db)
+                pairs.append((da, db, similarity))
+        by_key: dict[str, int] = {}
+        for doc, key in doc_group.items():
+            if key in by_key:
+                union.union(by_key[key], doc)
+            else:
+                by_key[key] = doc
+        roots = np.array([union.find(i) for i in range(n_docs)], dtype=np.int64)
+        self.timings["near_dup_s"] = round(time.perf_counter() - t0, 3)
+
+        # ---- split ----
+        tokens_arr = np.frombuffer(doc_tokens, dtype=np.int64)
+        sources_arr = np.frombuffer(doc_source, dtype=np.int64)
+        dest, dropped = self._split(roots, tokens_arr, sources_arr, doc_hashes, filters)
+        group_sizes = np.bincount(roots, minlength=n_docs)
+        near_dup_groups = int((group_sizes > 1).sum())
+
+        # ---- write train.bin / val.bin ----
+        t0 = time.perf_counter()
+        repeats = self._repeats(dest, sources_arr, doc_hashes)
+        splits, per_source = self._write(dest, repeats, doc_offset, doc_tokens, doc_bytes, sources_arr)
+        self.timings["write_s"] = round(time.perf_counter() - t0, 3)
+
+        # ---- reports ----
+        t0 = time.perf_counter()
+        train = np.memmap(self.tmp / "train.bin", dtype=self.dtype, mode="r")
+        val = np.memmap(self.tmp / "val.bin", dtype=self.dtype, mode="r")
+        sample = tokenizer.decode(np.asarray(train[:300_000]))
+        health = tokenizer_health(
+            tokenizer, {name: {**splits[name], "tokens": arr} for name, arr in (("train", train), ("val", val))},
+            sample_text=sample,
+        )
+        train_bpt = splits["train"]["bytes"] / max(splits["train"]["tokens"] - splits["train"]["documents"], 1)
+        leak = leak_check(train, val, tokenizer.eot_id, train_bpt)
+        leak["near_duplicate_pairs_across_split"] = sum(
+            1 for a, b, _ in pairs if dest[a] >= 0 and dest[b] >= 0 and dest[a] != dest[b]
+        )
+        del train, val
+        self.timings["reports_s"] = round(time.perf_counter() - t0, 3)
+        self.warnings += health["warnings"]
+        if leak["warning"]:
+            self.warnings.append(leak["warning"])
+        if decode_problems:
+            self.warnings.append(f"{n_decode_problems} documents had invalid UTF-8 (policy {options.encoding_errors})")
+        self.timings["total_s"] = round(time.perf_counter() - start, 3)
+
+        examples = []
+        for a, b, similarity in sorted(pairs, key=lambda p: -p[2])[:20]:
+            examples.append({"a": doc_names[a], "b": doc_names[b], "similarity": round(similarity, 3)})
+        for split in splits.values():  # all tokens, separators included: what bits per byte divides by
+            split["bytes_per_token"] = round(split["bytes"] / split["tokens"], 6) if split["tokens"] else None
+        val_names = [doc_names[i] for i in np.flatnonzero(dest == 1)[:1000]]
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tokenizer": {
+                "name": tokenizer.name, "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+                "eot_id": tokenizer.eot_id, "pad_id": tokenizer.pad_id, "files": MANIFEST,
+                "tiktoken": bool(getattr(tokenizer, "uses_tiktoken", False)),
+            },
+            "vocab_size": tokenizer.vocab_size,
+            "dtype": self.dtype.name,
+            "eot_id": tokenizer.eot_id,
+            "document_separator": "eot appended after every document",
+            "splits": splits,
+            "sources": [
+                {
+                    "spec": s.spec, "kind": s.kind, "description": s.description, "weight": s.weight,
+                    "role": "val" if self.is_val_source[i] else ("train+val" if not any(self.is_val_source) else "train"),
+                    "files": len(s.paths) if s.kind == "local" else None, "raw_bytes": self.source_stats[i]["raw_bytes"],
+                    "sha256": self.source_stats[i]["sha256"], "filters": dict(per_source_filters[i]), **per_source[i],
+                }
+                for i, s in enumerate(self.sources)
+            ],
+            "filters": {
+                **{name: int(filters.get(name, 0)) for name in FILTERS},
+                "exact_duplicate": int(filters.get("exact_duplicate", 0)),
+                "near_duplicate_dropped": int(filters.get("near_duplicate_dropped", 0)),
+                "near_duplicate_of_val": int(filters.get("near_duplicate_of_val", 0)),
+                "documents_kept": int((dest >= 0).sum()),
+                "decode_problem_files": decode_problems,
+                "settings": {
+                    "encoding_errors": options.encoding_errors, "min_chars": options.min_chars,
+                    "max_line_chars": options.max_line_chars, "doc_separator": options.doc_separator,
+                },
+            },
+            "near_duplicates": {
+                "mode": options.near_dup, "threshold": options.near_dup_threshold, "method": (
+                    f"MinHash ({NUM_PERM} one-permutation bins) over 10-character shingles of a spelling-"
+                    "insensitive skeleton, LSH candidates confirmed by estimated Jaccard"),
+                "pairs": len(pairs), "groups": near_dup_groups,
+                "documents_in_groups": int(group_sizes[group_sizes > 1].sum()), "examples": examples,
+            },
+            "split": {
+                "method": "by group of near-duplicate documents" if not any(self.is_val_source) else "explicit validation sources",
+                "seed": options.seed, "val": options.val, "val_documents_names": val_names,
+            },
+            "health": health,
+            "leak_check": leak,
+            "warnings": self.warnings,
+            "timings": self.timings,
+            "machine": {"python": platform.python_version(), "platform": platform.platform(), "workers": self.workers},
+        }
+
+    def _group_key(self, hashes: list[bytes], members) -> bytes:
+        seed = str(self.options.seed).encode()
+        return hashlib.blake2b(seed + min(hashes[i] for i in members), digest_size=8).digest()
+
+    def _split(self, roots, tokens, sources, hashes, filters) -> tuple[np.ndarray, int]:
+        """dest per document: 0 train, 1 val, -1 dropped (near-duplicate removed)."""
+        n = len(roots)
+        dest = np.zeros(n, dtype=np.int8)
+        order = np.argsort(roots, kind="stable")
+        bounds = np.flatnonzero(np.diff(roots[order])) + 1
+        groups = np.split(order, bounds)
+        is_val_source = np.array(self.is_val_source, dtype=bool)[sources]
+        dropped = 0
+        if self.options.near_dup == "drop":
+            for members in groups:
+                for i in members[1:]:
+                    dest[i] = -1
+                    filters["near_duplicate_dropped"] += 1
+                    dropped += 1
+            groups = [members[:1] for members in groups]
+        if is_val_source.any():
+            dest[is_val_source & (dest >= 0)] = 1
+            for members in groups:
+                if is_val_source[members].any() and not is_val_source[members].all():
+                    for i in members[~is_val_source[members]]:
+                        dest[i] = -1
+                        filters["near_duplicate_of_val"] += 1
+            if not (dest == 1).any():
+                raise SlmError("the validation sources gave no documents after filtering; check --val-source")
+        else:
+            keyed = sorted(groups, key=lambda m: self._group_key(hashes, m))
+            target = self.options.val
+            total = int(tokens[dest >= 0].sum())
+            fraction = target < 1
+            goal = target * total if fraction else int(target)
+            size = (lambda m: int(tokens[m].sum())) if fraction else len
+            taken = 0
+            for members in keyed:
+                if taken >= goal * (0.9 if fraction else 1):
+                    break
+                s = size(members)
+                if taken + s <= goal * (1.1 if fraction else 1):
+                    dest[members] = 1
+                    taken += s
+            if taken == 0:
+                smallest = min(keyed, key=size)
+                if len(keyed) > 1 and (not fraction or size(smallest) <= total / 2):
+                    dest[smallest] = 1
+                else:
+                    raise SlmError(
+                        f"the validation split is empty: the {n} documents form {len(keyed)} group(s) too large "
+                        f"for val={target}; add documents, raise --val, give --val-source, or cut files into "
+                        "documents with --doc-separator"
+                    )
+        if not (dest == 0).any():
+            raise SlmError("the training split is empty: every document went to validation; lower --val")
+        return dest, dropped
+
+    def _repeats(self, dest, sources, hashes) -> np.ndarray:
+        weights = np.array([s.weight for s in self.sources])[sources]
+        repeats = np.where(dest == 0, np.floor(weights), 1).astype(np.int64)
+        fractional = (dest == 0) & (weights != np.floor(weights))
+        for i in np.flatnonzero(fractional):
+            u = int.from_bytes(hashlib.blake2b(hashes[i], digest_size=8).digest(), "little") / 2**64
+            repeats[i] += u < weights[i] - math.floor(weights[i])
+        repeats[dest < 0] = 0
+        return repeats
+
+    def _write(self, dest, repeats, offsets, lengths, doc_bytes, sources):
+        scratch = np.memmap(self.tmp / "scratch_tokens.bin", dtype=self.dtype, mode="r") \
+            if (self.tmp / "scratch_tokens.bin").stat().st_size else np.empty(0, self.dtype)
+        splits = {name: {"documents": 0, "tokens": 0, "bytes": 0} for name in ("train", "val")}
+        per_source = [{"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0}
+                      for _ in self.sources]
+        with open(self.tmp / "train.bin", "wb") as train_file, open(self.tmp / "val.bin", "wb") as val_file:
+            files = {0: train_file, 1: val_file}
+            n = len(dest)
+            i = 0
+            while i < n:
+                d, r = int(dest[i]), int(repeats[i])
+                if d < 0 or r == 0:
+                    i += 1
+                    continue
+                j = i + 1  # extend a run of consecutive documents that go to the same place once
+                while j < n and dest[j] == d and repeats[j] == 1 and r == 1 and offsets[j] == offsets[j - 1] + lengths[j - 1]:
+                    j += 1
+                run = scratch[offsets[i] : offsets[j - 1] + lengths[j - 1]]
+                for _ in range(r):
+                    for piece in range(0, len(run), WRITE_TOKENS):  # bounded memory for long runs
+                        files[d].write(memoryview(np.ascontiguousarray(run[piece : piece + WRITE_TOKENS])))
+                name = "train" if d == 0 else "val"
+                for k in range(i, j):
+                    splits[name]["documents"] += r
+                    splits[name]["tokens"] += r * lengths[k]
+                    splits[name]["bytes"] += r * doc_bytes[k]
+                    per_source[sources[k]][f"{name}_documents"] += r
+                    per_source[sources[k]][f"{name}_tokens"] += r * lengths[k]
+                i = j
+        del scratch
+        return splits, per_source
