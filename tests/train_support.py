@@ -1,0 +1,84 @@
+"""Helpers for the training tests: tiny datasets in the exact on-disk format of `slm prepare`
+(train.bin, val.bin, meta.json, a character tokenizer), and tiny configs."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+WORDS = ("the", "king", "queen", "speaks", "sleeps", "to", "a", "fool", "and", "knight", "rides",
+         "sings", "of", "love", "war", "night", "day", "my", "lord", "good")
+
+
+def synthetic_text(documents: int, seed: int) -> list[str]:
+    """Documents of short sentences over a small word list: learnable within a few dozen steps."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(documents):
+        sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 7))) + "." for _ in range(8)]
+        docs.append(" ".join(sentences))
+    return docs
+
+
+def write_dataset(directory: Path, train_documents: int = 60, val_documents: int = 8, seed: int = 0,
+                  vocab_size: int | None = None) -> Path:
+    """A dataset directory as `slm prepare` writes it, tokenized with a character tokenizer.
+
+    vocab_size: claim a different vocabulary size in meta.json (to test the mismatch message).
+    """
+    from slmkit.tokenizer import train_tokenizer
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    train_docs, val_docs = synthetic_text(train_documents, seed), synthetic_text(val_documents, seed + 1)
+    tokenizer = train_tokenizer(train_docs + val_docs, "char")
+    tokenizer.save(directory)
+    splits = {}
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        ids = []
+        for doc in docs:
+            ids += tokenizer.encode(doc) + [tokenizer.eot_id]
+        np.asarray(ids, dtype=np.uint16).tofile(directory / f"{split}.bin")
+        n_bytes = sum(len(doc.encode()) for doc in docs)
+        splits[split] = {"tokens": len(ids), "documents": len(docs), "bytes": n_bytes}
+    meta = {"format": "slmkit-dataset", "version": 1, "vocab_size": vocab_size or tokenizer.vocab_size,
+            "dtype": "uint16", "eot_id": tokenizer.eot_id, "splits": splits,
+            "tokenizer": {"name": tokenizer.name, "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
+                          "eot_id": tokenizer.eot_id, "pad_id": tokenizer.pad_id}}
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def dataset_vocab(directory: Path) -> int:
+    return json.loads((Path(directory) / "meta.json").read_text())["vocab_size"]
+
+
+def tiny_overrides(data_dir: Path, **train) -> list[str]:
+    """--set overrides for a ~50K-parameter model on the dataset, fp32 on CPU, quiet extras off."""
+    model = {"vocab_size": dataset_vocab(data_dir), "context_length": 32, "n_layers": 2, "d_model": 32,
+             "n_heads": 4, "n_kv_heads": 2, "d_mlp": 64, "mlp": "swiglu", "norm": "rmsnorm", "position": "rope"}
+    values = {"batch_size": 4, "seq_len": 32, "max_steps": 20, "warmup_steps": 2, "lr": 3e-3,
+              "eval_interval": 10, "eval_batches": 2, "checkpoint_interval": 10, "log_interval": 1,
+              "precision": "fp32", "device": "cpu", "samples": 0, "tensorboard": False, "wandb": False}
+    values.update(train)
+    out = [f"{k}={json.dumps(v)}" for k, v in model.items()]
+    out += [f"train.{k}={_toml(v)}" for k, v in values.items()]
+    return out
+
+
+def _toml(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def train_events(run_dir: Path, event: str = "train") -> list[dict]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == event]
