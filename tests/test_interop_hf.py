@@ -576,3 +576,20 @@ def test_export_hf_exports_the_checkpoint_tokenizer_for_autotokenizer(tmp_path):
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert hf_tokenizer("the lazy fox")["input_ids"] == tokenizer.encode("the lazy fox")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == tokenizer.eot_id
+
+
+def test_import_and_export_run_without_transformers_installed(tmp_path):
+    import subprocess
+    import sys
+
+    hf = hf_model("llama-gqa-tied")
+    hf.save_pretrained(tmp_path / "hf")
+    script = (
+        "import sys; sys.modules['transformers'] = None\n"  # any import of transformers now fails
+        "from slmkit.interop.hf import import_hf, export_hf\n"
+        f"import_hf({str(tmp_path / 'hf')!r}, {str(tmp_path / 'slm')!r})\n"
+        f"export_hf({str(tmp_path / 'slm')!r}, {str(tmp_path / 'back')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).resolve().parents[1])
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    assert max_logit_diff(hf, reloaded) <= TOLERANCE

@@ -69,7 +69,7 @@ def config_from_hf(hf_config: dict) -> ModelConfig:
             f"{', '.join(SUPPORTED_MODEL_TYPES)} (GPT-2, Llama/SmolLM2, Gemma 3 text)"
         )
     values = {**_DEFAULTS[model_type], **{k: v for k, v in hf_config.items() if v is not None}}
-    for key in ("n_inner", "num_key_value_heads", "head_dim", "layer_types"):  # None is meaningful here
+    for key in ("n_inner", "num_key_value_heads", "head_dim", "layer_types", "sliding_window"):  # None means something
         if key in hf_config and hf_config[key] is None:
             values[key] = None
     reader = {"gpt2": _gpt2_from_hf, "llama": _llama_from_hf, "gemma3_text": _gemma3_from_hf}[model_type]
