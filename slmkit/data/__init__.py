@@ -6,7 +6,7 @@
 """
 
 from slmkit.data.loader import Dataset, open_dataset
-from slmkit.data.prepare import prepare
+from slmkit.data.prepare import prepare, train_tokenizer_on_sources
 from slmkit.data.sources import BUILTINS, resolve_source
 
-__all__ = ["BUILTINS", "Dataset", "open_dataset", "prepare", "resolve_source"]
+__all__ = ["BUILTINS", "Dataset", "open_dataset", "prepare", "resolve_source", "train_tokenizer_on_sources"]

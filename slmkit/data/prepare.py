@@ -235,6 +235,71 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
         os.replace(tmp, out_dir)
 
 
+def _train_on(sources: list[Source], spec: str, clean: CleanOptions, budget: int, chat_tokens: bool,
+              min_frequency: int = 2) -> Tokenizer:
+    """Train tokenizer `spec` on the cleaned documents of `sources`, up to `budget` characters."""
+    processor = DocumentProcessor(clean)
+    check: list[str] = []
+
+    def texts():
+        left = budget
+        for source in sources:
+            for item in source.iter_items():
+                for _, text, reason, _ in processor.clean_texts(item):
+                    if reason is None and left > 0:
+                        left -= len(text)
+                        if len(check) < 4:
+                            check.append(text[:200_000])
+                        yield text
+                if left <= 0:
+                    return
+
+    corpus = list(texts()) if spec == "char" else texts()
+    empty = SlmError(f"every document was filtered out, so {spec} cannot be trained; check the sources and --min-chars")
+    if spec == "char" and not corpus:
+        raise empty
+    tokenizer = train_tokenizer(corpus, spec, chat_tokens=chat_tokens, min_frequency=min_frequency, check_texts=check)
+    if not check:
+        raise empty
+    return tokenizer
+
+
+def train_tokenizer_on_sources(
+    sources,
+    spec: str = "bpe:8192",
+    out_dir=None,
+    *,
+    chat_tokens: bool = False,
+    min_frequency: int = 2,
+    max_bytes: int = 1 << 30,
+    encoding_errors: str = "strict",
+    min_chars: int = 32,
+    doc_separator: str | None = None,
+    extensions=None,
+    text_field: str = "text",
+    hf_split: str = "train",
+) -> Tokenizer:
+    """Train tokenizer `spec` ("bpe:N" or "char") on the cleaned documents of `sources` (same specs and
+    cleaning as `prepare`, at most `max_bytes` characters) and save it to `out_dir` when given."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    if not sources:
+        raise SlmError("no sources given to train the tokenizer on")
+    if not needs_training(spec):
+        raise SlmError(f"{spec!r} is not a trainable tokenizer spec; use bpe:VOCAB_SIZE or char")
+    options = SourceOptions(tuple(extensions or TEXT_EXTENSIONS), text_field, hf_split)
+    resolved = [resolve_source(str(s), options) for s in sources]
+    clean = CleanOptions(encoding_errors=encoding_errors, min_chars=min_chars, doc_separator=doc_separator,
+                         text_field=text_field, near_dup=False)
+    tokenizer = _train_on(resolved, spec, clean, max_bytes, chat_tokens, min_frequency)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
+            raise SlmError(f"{out_dir} is not empty and holds no slmkit tokenizer; choose another --out")
+        tokenizer.save(out_dir)
+    return tokenizer
+
+
 def usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -270,30 +335,8 @@ class _Builder:
         if not needs_training(str(arg)):
             return load_tokenizer(arg)
         start = time.perf_counter()
-        processor = DocumentProcessor(self.clean)
-        budget = self.options.tokenizer_train_bytes
-        check: list[str] = []
-
-        def texts():
-            nonlocal budget
-            for source in self.sources:
-                for item in source.iter_items():
-                    for _, text, reason, _ in processor.clean_texts(item):
-                        if reason is None and budget > 0:
-                            budget -= len(text)
-                            if len(check) < 4:
-                                check.append(text[:200_000])
-                            yield text
-                    if budget <= 0:
-                        return
-
-        corpus = list(texts()) if str(arg) == "char" else texts()
-        empty = SlmError(f"every document was filtered out, so {arg} cannot be trained; check the sources and --min-chars")
-        if str(arg) == "char" and not corpus:
-            raise empty
-        tokenizer = train_tokenizer(corpus, str(arg), chat_tokens=self.options.chat_tokens, check_texts=check)
-        if not check:
-            raise empty
+        tokenizer = _train_on(self.sources, str(arg), self.clean, self.options.tokenizer_train_bytes,
+                              self.options.chat_tokens)
         self.timings["tokenizer_training_s"] = round(time.perf_counter() - start, 3)
         return tokenizer
 
