@@ -315,6 +315,16 @@ def test_import_hf_reads_sharded_safetensors(tmp_path):
     assert max_logit_diff(hf, model) <= TOLERANCE
 
 
+def test_import_hf_refuses_a_missing_shard(tmp_path):
+    hf_model("gemma3-mqa-untied").save_pretrained(tmp_path / "hf", max_shard_size="40KB")
+    shards = sorted((tmp_path / "hf").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[-1].unlink()
+    with pytest.raises(SlmError, match=f"lists shard {shards[-1].name}, which is missing"):
+        import_hf(tmp_path / "hf", tmp_path / "out")
+    assert _no_leftovers(tmp_path, "out")
+
+
 def test_import_hf_takes_the_language_model_of_a_multimodal_gemma3(tmp_path):
     from safetensors.torch import save_file
 
