@@ -110,15 +110,52 @@ class Attention(nn.Module):
         if cache is not None:
             k, v, key_steps = cache.update(layer, k, v)
         mask = attention_mask(steps, key_steps, self.window, pad_offsets)
-        y = F.scaled_dot_product_attention(
-            q, k.to(q.dtype), v.to(q.dtype),
-            attn_mask=mask if isinstance(mask, torch.Tensor) else None,
-            is_causal=isinstance(mask, str),
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=self.scale,
-            enable_gqa=self.n_kv_heads != self.n_heads,
-        )
+        y = attend(q, k.to(q.dtype), v.to(q.dtype), mask, self.scale, self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, length, -1))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float,
+           dropout_p: float = 0.0) -> torch.Tensor:
+    """Attention of q (B, H, T, D) over k, v (B, H_kv, S, D) under an `attention_mask` mask.
+
+    SDPA (flash / memory-efficient kernels) everywhere but CPU half precision up to 1,024 keys,
+    where PyTorch's fused CPU kernel is several times slower than `plain_attention`
+    (docs/performance.md). Both compute the same function.
+    """
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and k.shape[-2] <= 1024:
+        return plain_attention(q, k, v, mask, scale, dropout_p)
+    return F.scaled_dot_product_attention(
+        q, k, v,
+        attn_mask=mask if isinstance(mask, torch.Tensor) else None,
+        is_causal=isinstance(mask, str),
+        dropout_p=dropout_p,
+        scale=scale,
+        enable_gqa=k.shape[1] != q.shape[1],
+    )
+
+
+def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float,
+                    dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v as two batched matmuls and a softmax.
+
+    Grouped K/V heads are shared without being repeated: the query heads of a group are stacked
+    as rows, (B, H_kv, G*T, D) against (B, H_kv, S, D).
+    """
+    batch, n_heads, length, head_dim = q.shape
+    n_kv_heads, n_keys = k.shape[1], k.shape[2]
+    group = n_heads // n_kv_heads
+    scores = (q * scale).reshape(batch, n_kv_heads, group * length, head_dim) @ k.transpose(-1, -2)
+    scores = scores.view(batch, n_kv_heads, group, length, n_keys)
+    if isinstance(mask, str):  # "causal": query i sees keys 0..i
+        mask = torch.ones(length, n_keys, dtype=torch.bool, device=q.device).tril()
+    elif mask is not None:  # (B|1, 1, T, S) -> (B|1, 1, 1, T, S)
+        mask = mask[:, :, None]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores, dim=-1).view(batch, n_kv_heads, group * length, n_keys)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, dropout_p)
+    return (weights @ v).view(batch, n_heads, length, head_dim)
 
 
 def attention_mask(query_steps: torch.Tensor, key_steps: torch.Tensor, window: int | None,
