@@ -376,8 +376,10 @@ class _Builder:
             local = DocumentProcessor(self.clean, load_tokenizer(tokenizer_dir), self.dtype)
         try:
             pending: deque = deque()
-            for index, source in enumerate(self.sources):
-                for batch, size in self._batches(source, self.source_stats[index]):
+            # Validation sources first, so that a document in both keeps its validation copy.
+            order = sorted(range(len(self.sources)), key=lambda i: not self.is_val_source[i])
+            for index in order:
+                for batch, size in self._batches(self.sources[index], self.source_stats[index]):
                     if pool is None:
                         pending.append((index, size, local.process(batch)))
                     else:

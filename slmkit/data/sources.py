@@ -292,7 +292,8 @@ def _iter_hf(source: Source) -> Iterator[RawItem]:
     name, config, split = source.hf
     hint = (
         f"download it where the Hub is reachable (e.g. `huggingface-cli download --repo-type dataset {name}`) "
-        "and pass its .parquet/.jsonl files or folder to slm prepare instead"
+        "and pass the local .parquet/.jsonl files or their folder to slm prepare instead (or set "
+        "HF_DATASETS_OFFLINE=1 to read a copy already in the datasets cache)"
     )
     offline = _offline_env()
     if not offline:

@@ -8,6 +8,8 @@ from collections import Counter
 
 import numpy as np
 
+from slmkit.errors import SlmError
+
 _WORD = re.compile(r"[^\W\d_]{4,}")
 # Common words split into pieces shorter than this many characters on average count as fragmented.
 FRAGMENT_CHARS_PER_TOKEN = 2.0
@@ -23,7 +25,10 @@ def word_fragmentation(tokenizer, sample_text: str, top_words: int = TOP_WORDS) 
     fragmented = []
     total_tokens = 0
     for word in words:
-        ids = tokenizer.encode(" " + word)
+        try:
+            ids = tokenizer.encode(" " + word)
+        except SlmError:  # e.g. a character vocabulary without a space
+            continue
         total_tokens += len(ids)
         if len(word) / len(ids) < FRAGMENT_CHARS_PER_TOKEN:
             pieces = [tokenizer.decode([i]) for i in ids]

@@ -1,0 +1,88 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from slmkit.data import open_dataset
+from slmkit.errors import SlmError
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A hand-made dataset: train = 0..9999 mod 50000, val = 500 tokens; no tokenizer needed."""
+    train = (np.arange(10_000) % 50_000).astype(np.uint16)
+    val = np.arange(1000, 1500).astype(np.uint16)
+    train.tofile(tmp_path / "train.bin")
+    val.tofile(tmp_path / "val.bin")
+    meta = {
+        "format": "slmkit-dataset", "version": 1, "vocab_size": 50257, "dtype": "uint16",
+        "tokenizer": {"name": "gpt2", "vocab_size": 50257, "eot_id": 50256},
+        "splits": {"train": {"tokens": 10_000, "bytes": 40_000, "documents": 1},
+                   "val": {"tokens": 500, "bytes": 1_600, "documents": 1}},
+    }
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    return open_dataset(tmp_path)
+
+
+def test_random_batch_shapes_and_targets_shift_by_one(dataset):
+    x, y = dataset.random_batch("train", batch_size=4, seq_len=16, seed=0, step=0)
+    assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
+    # train token i is i, so each row counts up by one and y is x + 1.
+    assert torch.equal(y, x + 1)
+    assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(4, 15, dtype=torch.int64))
+
+
+def test_random_batch_is_a_function_of_seed_step_and_rank(dataset):
+    def batch(**kw):
+        return dataset.random_batch("train", 8, 32, **kw)[0]
+
+    assert torch.equal(batch(seed=1, step=5), batch(seed=1, step=5))
+    assert not torch.equal(batch(seed=1, step=5), batch(seed=1, step=6))
+    assert not torch.equal(batch(seed=1, step=5), batch(seed=2, step=5))
+    rank0 = batch(seed=1, step=5, rank=0, world_size=2)
+    rank1 = batch(seed=1, step=5, rank=1, world_size=2)
+    assert not torch.equal(rank0, rank1)
+    assert torch.equal(rank0, batch(seed=1, step=5, rank=0, world_size=2))
+    with pytest.raises(SlmError, match="rank 2"):
+        batch(seed=1, step=0, rank=2, world_size=2)
+
+
+def test_random_windows_cover_the_whole_split(dataset):
+    starts = torch.cat([dataset.random_batch("train", 64, 8, seed=0, step=s)[0][:, 0] for s in range(50)])
+    assert int(starts.min()) < 200 and int(starts.max()) > 10_000 - 8 - 200
+
+
+def test_eval_batches_are_sequential_non_overlapping_windows(dataset):
+    batches = list(dataset.eval_batches("val", batch_size=3, seq_len=50))
+    xs = torch.cat([x for x, _ in batches])
+    ys = torch.cat([y for _, y in batches])
+    assert xs.shape == ((500 - 1) // 50, 50)
+    assert torch.equal(xs.flatten(), torch.arange(1000, 1000 + xs.numel()))
+    assert torch.equal(ys, xs + 1)
+    assert [len(x) for x, _ in batches] == [3, 3, 3]
+    assert len(list(dataset.eval_batches("val", 2, 50, max_batches=2))) == 2
+
+
+def test_eval_batches_split_between_ranks(dataset):
+    all_rows = torch.cat([x for x, _ in dataset.eval_batches("val", 2, 50)])
+    rank_rows = [torch.cat([x for x, _ in dataset.eval_batches("val", 2, 50, rank=r, world_size=2)]) for r in (0, 1)]
+    assert sorted(map(tuple, torch.cat(rank_rows).tolist())) == sorted(map(tuple, all_rows.tolist()))
+
+
+def test_split_shorter_than_a_window_is_an_error(dataset):
+    with pytest.raises(SlmError, match="val split has 500 tokens"):
+        dataset.random_batch("val", 1, 500, seed=0, step=0)
+    with pytest.raises(SlmError, match="unknown split"):
+        dataset.split("test")
+
+
+def test_bits_per_byte_uses_tokens_per_byte_of_the_split(dataset):
+    assert dataset.bytes_per_token("val") == pytest.approx(3.2)
+    assert dataset.bits_per_byte(math.log(2) * 3.2, "val") == pytest.approx(1.0)
+
+
+def test_splits_are_memory_maps_not_loaded_arrays(dataset):
+    assert isinstance(dataset.train, np.memmap)
+    assert dataset.vocab_size == 50257
