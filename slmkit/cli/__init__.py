@@ -12,7 +12,7 @@ import sys
 from slmkit.errors import SlmError
 
 # Modules that add sub-commands; each exposes register(subparsers).
-_COMMAND_MODULES = ("slmkit.cli.model", "slmkit.cli.data", "slmkit.cli.interop")
+_COMMAND_MODULES = ("slmkit.cli.model", "slmkit.cli.data", "slmkit.cli.interop", "slmkit.cli.train", "slmkit.cli.generate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -181,7 +181,7 @@ def load_weights(model, state: dict[str, torch.Tensor], where: str) -> None:
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """A checkpoint dir itself, or a run dir's best (else last) checkpoint."""
     path = Path(path)
-    if (path / CONFIG_FILE).is_file():
+    if (path / CONFIG_FILE).is_file() and not (path / "checkpoints").is_dir():  # a run dir has config.json too
         return path
     for name in ("best", "last"):
         candidate = path / "checkpoints" / name

@@ -113,24 +113,26 @@ def setup_device(name: str = "auto", precision: str = "auto", local_rank: int | 
 
 
 def peak_flops(setup: DeviceSetup, configured_tflops: float | None = None) -> float | None:
-    """Peak FLOP/s of one device in the run's precision, for MFU; None when unknown."""
+    """Peak FLOP/s of one device in the run's precision, for MFU; None when unknown.
+
+    train.peak_tflops when set; a known GPU's datasheet peak (the usual MFU convention); otherwise
+    the matmul peak measured on this machine by slmkit.runtime (a CPU's honest denominator).
+    """
     if configured_tflops:
         return configured_tflops * 1e12
-    try:  # the speed engineer's measured peaks, where present
-        from slmkit.runtime import peak_flops as measured_peak  # type: ignore[attr-defined]
-
-        value = measured_peak(setup.device, setup.autocast_dtype or torch.float32)
-        if value:
-            return float(value)
-    except (ImportError, AttributeError, TypeError):
-        pass
     if setup.device.type == "cuda":
         name = torch.cuda.get_device_name(setup.device)
         for key, tflops in GPU_PEAK_TFLOPS.items():
             if key in name:
-                # fp32 without tensor cores runs at a small fraction; TF32 is about half of bf16.
+                # TF32 tensor cores run at about half the bf16 rate
                 return tflops * 1e12 * (1.0 if setup.precision != "fp32" else 0.5)
-    return None
+    try:
+        from slmkit.runtime import peak_flops as measured_peak
+    except ImportError:
+        return None
+    with torch.random.fork_rng(devices=[]):  # the measurement draws random matrices; keep the run's stream
+        value = measured_peak(setup.device, setup.autocast_dtype or torch.float32)
+    return float(value) if value else None
 
 
 def compile_model(model, enabled: bool):

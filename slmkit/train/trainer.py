@@ -62,6 +62,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; run files are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -220,11 +221,12 @@ class Trainer:
 
         config = self.config
         try:
-            from slmkit.runtime import tune_allocator
+            from slmkit.runtime import configure_threads, tune_allocator
         except ImportError:
-            tune_allocator = None
-        if tune_allocator is not None:
+            pass
+        else:
             tune_allocator()
+            configure_threads()
         self.setup = setup_device(config.device, config.precision, self.dist.local_rank)
         torch.manual_seed(config.seed)  # the same initial weights on every process
         np.random.seed(config.seed)
@@ -244,7 +246,6 @@ class Trainer:
         self.wrapped = dist_utils.wrap_model(self.compiled, self.dist, self.setup.device, config.parallelism)
         self.optimizer = build_optimizer(self.model, config, self.setup.device.type)
         self.scaler = torch.amp.GradScaler("cuda") if self.setup.needs_grad_scaler else None
-        torch.manual_seed(config.seed + self.dist.rank)  # distinct dropout streams per process
         self.step = 0
         self.tokens = 0
         self.elapsed = 0.0  # training seconds before this process started (resume)
@@ -255,6 +256,8 @@ class Trainer:
         self.flops_per_token = model_stats(self.model_config, context=self.seq_len).training_flops_per_token
         self.peak = peak_flops(self.setup, config.peak_tflops)
         self.bytes_per_token = {split: split_bytes_per_token(self.data.meta, split) for split in ("train", "val")}
+        # Last, so nothing above can shift the dropout streams (distinct per process).
+        torch.manual_seed(config.seed + self.dist.rank)
 
     def _prepare_run_dir(self) -> None:
         if self.is_main:

@@ -1,0 +1,102 @@
+"""The report's PNG plots: training loss with the learning rate, evaluation loss and perplexity,
+and throughput. Each is written atomically (a temporary file renamed into place)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def plot_loss_and_lr(train: list[dict], path: Path) -> Path | None:
+    """Training loss (left axis) and learning rate (right axis) against the step."""
+    if not train:
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [e["step"] for e in train]
+    ax.plot(steps, [e["loss"] for e in train], color="tab:blue", linewidth=1, label="training loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (nats)", color="tab:blue")
+    lr_axis = ax.twinx()
+    lr_axis.plot(steps, [e["lr"] for e in train], color="tab:orange", linewidth=1, label="learning rate")
+    lr_axis.set_ylabel("learning rate", color="tab:orange")
+    ax.set_title("Training loss and learning rate")
+    ax.grid(alpha=0.3)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_eval(evals: list[dict], path: Path) -> Path | None:
+    """Validation and training loss on the fixed samples (left), validation perplexity (right)."""
+    if not evals:
+        return None
+    plt = _figure()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [e["step"] for e in evals]
+    left.plot(steps, [e["val_loss"] for e in evals], marker="o", label="validation")
+    left.plot(steps, [e["train_loss"] for e in evals], marker="o", label="training (same-size sample)")
+    left.set_xlabel("step")
+    left.set_ylabel("loss (nats)")
+    left.set_title("Evaluation loss")
+    left.legend()
+    left.grid(alpha=0.3)
+    perplexities = [e["val_ppl"] for e in evals]
+    right.plot(steps, perplexities, marker="o", color="tab:green")
+    right.set_xlabel("step")
+    right.set_ylabel("validation perplexity")
+    if max(perplexities) > 10 * min(perplexities):  # log scale only when the range needs it
+        right.set_yscale("log")
+    right.set_title("Validation perplexity")
+    right.grid(alpha=0.3, which="both")
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def plot_throughput(train: list[dict], path: Path) -> Path | None:
+    """Tokens per second (left axis) and MFU where known (right axis) against the step."""
+    points = [e for e in train if e.get("tokens_per_s") is not None]
+    if not points:
+        return None
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [e["step"] for e in points]
+    ax.plot(steps, [e["tokens_per_s"] for e in points], color="tab:purple", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("tokens / s (all processes)", color="tab:purple")
+    mfu = [(e["step"], e["mfu"]) for e in points if e.get("mfu") is not None]
+    if mfu:
+        mfu_axis = ax.twinx()
+        mfu_axis.plot([s for s, _ in mfu], [100 * m for _, m in mfu], color="tab:gray", linewidth=1)
+        mfu_axis.set_ylabel("MFU (%)", color="tab:gray")
+    ax.set_title("Throughput")
+    ax.grid(alpha=0.3)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

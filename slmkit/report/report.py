@@ -1,0 +1,164 @@
+"""report.md: what was trained, on what, how well, how fast, and what to distrust.
+
+Built from the run directory alone (config.json, metrics.jsonl, samples.md), so `slm report RUN`
+can rebuild it at any time, also for an interrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from slmkit.errors import SlmError
+from slmkit.report.plots import plot_eval, plot_loss_and_lr, plot_throughput
+
+
+def _read_events(run_dir: Path) -> list[dict]:
+    events = []
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:  # a torn last line from a crash
+                continue
+    return events
+
+
+def _number(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def build_report(run_dir: str | Path) -> str:
+    """The markdown text of the report of `run_dir` (plots are referenced, not drawn)."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise SlmError(f"{run_dir} is not an slmkit run directory (no config.json)")
+    config = json.loads(config_path.read_text())
+    events = _read_events(run_dir)
+    train = [e for e in events if e["event"] == "train"]
+    evals = [e for e in events if e["event"] == "eval"]
+    warnings = [e for e in events if e["event"] == "warning"]
+    ends = [e for e in events if e["event"] in ("end", "interrupted", "stopped")]
+    model, train_config, data = config["model"], config["train"], config["data"]
+
+    last_step = max((e["step"] for e in train + evals), default=0)
+    tokens = max((e.get("tokens", 0) for e in train + evals), default=0)
+    wall = max((e.get("time", 0.0) for e in events), default=None)
+    rates = [e["tokens_per_s"] for e in train[1:] if e.get("tokens_per_s")]  # the first includes start-up
+    mfus = [e["mfu"] for e in train[1:] if e.get("mfu") is not None]
+    best = min(evals, key=lambda e: e["val_loss"]) if evals else None
+    final = evals[-1] if evals else None
+    status = ends[-1]["event"] if ends else "running or killed"
+    if ends and ends[-1]["event"] == "end":
+        status = f"finished ({ends[-1].get('reason', '')})"
+    elif ends:
+        status = f"{ends[-1]['event']} ({ends[-1].get('reason', '')})"
+
+    splits = data.get("splits") or {}
+    tokenizer = data.get("tokenizer") or {}
+    name = model.get("name") or run_dir.name
+    lines = [f"# Training report: {run_dir.name}", ""]
+    lines += ["| | |", "|---|---|",
+              f"| status | {status} |",
+              f"| data | `{data.get('path')}` |",
+              f"| tokenizer | {tokenizer.get('name', 'n/a')} ({data.get('vocab_size'):,} tokens) |"
+              if data.get("vocab_size") else f"| tokenizer | {tokenizer.get('name', 'n/a')} |"]
+    for split in ("train", "val"):
+        info = splits.get(split) or {}
+        if info:
+            lines.append(f"| {split} split | {info.get('tokens', 0):,} tokens, {info.get('documents', 0):,} documents, "
+                         f"{info.get('bytes', 0):,} bytes |")
+    lines += [
+        f"| model | {name} ({model.get('family')}): {model.get('n_layers')} layers, d_model {model.get('d_model')}, "
+        f"{model.get('n_heads')} heads / {model.get('n_kv_heads')} KV heads, context {model.get('context_length')} |",
+        f"| parameters | {config.get('parameters', 0):,} |",
+        f"| optimizer | {train_config.get('optimizer')} (lr {train_config.get('lr')}, {train_config.get('schedule')} "
+        f"schedule, warmup {train_config.get('warmup_steps')}, weight decay {train_config.get('weight_decay')}) |",
+        f"| batch | {config.get('tokens_per_step', 0):,} tokens per step ({train_config.get('batch_size')} x "
+        f"{config.get('seq_len')} x {train_config.get('grad_accum')} accumulation x {config.get('world_size')} "
+        f"process{'es' if config.get('world_size', 1) > 1 else ''}) |",
+        f"| steps | {last_step:,} of {train_config.get('max_steps'):,} |",
+        f"| tokens seen | {tokens:,} |",
+        f"| wall time | {_duration(wall)} |",
+        f"| device | {config.get('device')}, {config.get('precision')}"
+        f"{', compiled' if config.get('compile') else ''} |",
+        f"| throughput | {_number(statistics.median(rates), 0) if rates else 'n/a'} tokens/s (median) |",
+        f"| MFU | {f'{100 * statistics.median(mfus):.1f}%' if mfus else 'n/a (peak FLOP/s of this device unknown; set train.peak_tflops)'} |",
+    ]
+    if config.get("init_from"):
+        lines.append(f"| initialised from | `{config['init_from']}` |")
+    lines.append("")
+    if final:
+        lines += ["## Results", "", "| | loss (nats) | perplexity | bits per byte | step |", "|---|---|---|---|---|",
+                  f"| final validation | {_number(final['val_loss'])} | {_number(final['val_ppl'], 2)} | "
+                  f"{_number(final.get('val_bpb'))} | {final['step']:,} |",
+                  f"| best validation | {_number(best['val_loss'])} | {_number(best['val_ppl'], 2)} | "
+                  f"{_number(best.get('val_bpb'))} | {best['step']:,} |",
+                  f"| final training sample | {_number(final['train_loss'])} | {_number(final['train_ppl'], 2)} | "
+                  f"{_number(final.get('train_bpb'))} | {final['step']:,} |", ""]
+        lines += ["Bits per byte divide the loss by ln 2 and by the split's bytes per token, so models with "
+                  "different tokenizers compare fairly. The training sample is a fixed sample of the training "
+                  "split of the same size as the validation sample.", ""]
+    lines += ["## Warnings", ""]
+    if warnings:
+        lines += [f"- **{w['kind']}**: {w['message']}" for w in warnings]
+    else:
+        lines.append("None: no widening train/val gap, no validation loss below training loss, no near-zero loss.")
+    lines.append("")
+    lines += ["## Plots", "", "![training loss and learning rate](plots/loss.png)", "",
+              "![evaluation loss and perplexity](plots/eval.png)", "", "![throughput](plots/throughput.png)", ""]
+    if evals:
+        lines += ["## Evaluations", "",
+                  "| step | tokens | val loss | val ppl | val bpb | train loss | gap (val - train) |",
+                  "|---|---|---|---|---|---|---|"]
+        for e in evals:
+            lines.append(f"| {e['step']:,} | {e.get('tokens', 0):,} | {_number(e['val_loss'])} | "
+                         f"{_number(e['val_ppl'], 2)} | {_number(e.get('val_bpb'))} | {_number(e['train_loss'])} | "
+                         f"{_number(e['val_loss'] - e['train_loss'])} |")
+        lines.append("")
+    samples = run_dir / "samples.md"
+    if samples.is_file():
+        text = samples.read_text()
+        body = text.split("\n", 1)[1] if text.startswith("# ") else text
+        lines += ["## Samples", "", body.replace("\n## ", "\n### ").strip(), ""]
+    return "\n".join(lines)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write run_dir/report.md and run_dir/plots/{loss,eval,throughput}.png; return the report's path.
+
+    Raises SlmError when run_dir is not a run directory.
+    """
+    run_dir = Path(run_dir)
+    text = build_report(run_dir)
+    events = _read_events(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    train = [e for e in events if e["event"] == "train"]
+    evals = [e for e in events if e["event"] == "eval"]
+    plot_loss_and_lr(train, plots / "loss.png")
+    plot_eval(evals, plots / "eval.png")
+    plot_throughput(train, plots / "throughput.png")
+    path = run_dir / "report.md"
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report.", suffix=".md")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path

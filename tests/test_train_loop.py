@@ -1,0 +1,180 @@
+"""The training loop on a tiny model: loss falls, the run directory holds what it should,
+checkpoints are kept and pruned as configured, and the NaN guard stops or skips."""
+
+import json
+import math
+
+import pytest
+import torch
+from train_support import tiny_overrides, train_events, write_dataset
+
+from slmkit.errors import SlmError
+from slmkit.model import load_model
+from slmkit.train import train
+from slmkit.train.metrics import honesty_warnings
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data") / "ds")
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    """40 steps, evaluations every 10, step checkpoints every 10 with the last 2 kept."""
+    run = tmp_path_factory.mktemp("runs") / "run"
+    result = train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=40, keep_last=2, samples=1,
+                                                           sample_tokens=20), quiet=True)
+    return run, result
+
+
+def test_loss_falls_on_a_tiny_model(finished_run):
+    run, result = finished_run
+    losses = [e["loss"] for e in train_events(run)]
+    assert len(losses) == 40
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.5  # from ~ln(24)=3.2 nats down by well over half a nat
+    evals = train_events(run, "eval")
+    assert [e["step"] for e in evals] == [10, 20, 30, 40]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert result.step == 40 and result.tokens == 40 * 4 * 32
+
+
+def test_metrics_lines_carry_the_documented_fields(finished_run):
+    run, _ = finished_run
+    train_line = train_events(run)[-1]
+    assert {"event", "step", "loss", "lr", "tokens", "tokens_per_s", "mfu", "time"} <= set(train_line)
+    eval_line = train_events(run, "eval")[-1]
+    assert {"val_loss", "val_ppl", "val_bpb", "train_loss", "step", "time"} <= set(eval_line)
+    assert eval_line["val_ppl"] == pytest.approx(math.exp(eval_line["val_loss"]))
+    meta = json.loads((run / "config.json").read_text())
+    bytes_per_token = meta["data"]["splits"]["val"]["bytes"] / meta["data"]["splits"]["val"]["tokens"]
+    assert eval_line["val_bpb"] == pytest.approx(eval_line["val_loss"] / math.log(2) / bytes_per_token)
+
+
+def test_run_config_holds_the_resolved_model_and_train_config(finished_run, data_dir):
+    run, _ = finished_run
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["d_model"] == 32 and config["train"]["max_steps"] == 40
+    assert config["data"]["path"] == str(data_dir.resolve())
+    assert config["tokens_per_step"] == 128 and config["parameters"] > 0
+
+
+def test_keep_last_prunes_step_checkpoints_and_best_last_exist(finished_run):
+    run, _ = finished_run
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best", "last", "step-30", "step-40"]
+    last = json.loads((checkpoints / "last" / "config.json").read_text())
+    assert last["step"] == 40
+    evals = train_events(run, "eval")
+    best_eval = min(evals, key=lambda e: e["val_loss"])
+    best = json.loads((checkpoints / "best" / "config.json").read_text())
+    assert best["step"] == best_eval["step"] and best["val_loss"] == pytest.approx(best_eval["val_loss"])
+    for name in ("best", "last", "step-30"):
+        assert (checkpoints / name / "training_state.pt").is_file()
+
+
+def test_best_checkpoint_loads_and_reproduces_its_validation_loss(finished_run, data_dir):
+    from slmkit.data.loader import open_dataset
+    from slmkit.train.loss import language_model_loss
+
+    run, _ = finished_run
+    model = load_model(run)  # a run dir resolves to checkpoints/best
+    best = json.loads((run / "checkpoints" / "best" / "config.json").read_text())
+    dataset = open_dataset(data_dir)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in dataset.eval_batches("val", 4, 32, max_batches=2):
+            total += language_model_loss(model, x, y, reduction="sum").item()
+            count += y.numel()
+    assert total / count == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+def test_samples_file_written_with_the_tokenizer(finished_run):
+    run, _ = finished_run
+    text = (run / "samples.md").read_text()
+    assert text.startswith("# Samples at step 40") and "## Sample 1" in text
+
+
+def test_existing_run_dir_is_not_overwritten_without_overwrite(finished_run, data_dir):
+    run, _ = finished_run
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(SlmError, match="already exists; pass --overwrite"):
+        train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=2), quiet=True)
+    assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_weights(data_dir, tmp_path, monkeypatch):
+    import slmkit.train.trainer as trainer_module
+
+    real_loss = trainer_module.language_model_loss
+    calls = {"n": 0}
+
+    def poisoned(model, x, y, reduction="mean"):
+        loss = real_loss(model, x, y, reduction)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 6:  # the 6th training step
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(trainer_module, "language_model_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(SlmError, match=r"loss became nan at step 6.*step 5\) saved in .*last.*nan_policy=skip"):
+        train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=20), quiet=True)
+    last = json.loads((run / "checkpoints" / "last" / "config.json").read_text())
+    assert last["step"] == 5
+    model = load_model(run / "checkpoints" / "last")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nan_policy_skip_skips_the_step_and_trains_on(data_dir, tmp_path, monkeypatch):
+    import slmkit.train.trainer as trainer_module
+
+    real_loss = trainer_module.language_model_loss
+    calls = {"n": 0}
+
+    def poisoned(model, x, y, reduction="mean"):
+        loss = real_loss(model, x, y, reduction)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                return loss * float("inf")
+        return loss
+
+    monkeypatch.setattr(trainer_module, "language_model_loss", poisoned)
+    run = tmp_path / "run"
+    result = train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=8, nan_policy="skip",
+                                                           eval_interval=0), quiet=True)
+    skipped = train_events(run, "skipped_step")
+    assert [e["step"] for e in skipped] == [3]
+    assert result.step == 8 and 3 not in [e["step"] for e in train_events(run)]
+
+
+def test_honesty_warnings_flag_widening_gap_val_below_train_and_near_zero_loss():
+    widening = [{"step": s, "val_loss": 2.0 + 0.1 * i, "train_loss": 2.0 - 0.1 * i} for i, s in enumerate(range(4))]
+    kinds = [kind for kind, _ in honesty_warnings(widening)]
+    assert kinds == ["gap_widening"]
+    assert honesty_warnings(widening[:3]) == []  # not yet three widenings in a row
+    assert [k for k, _ in honesty_warnings([{"step": 1, "val_loss": 1.0, "train_loss": 2.0}])] == ["val_below_train"]
+    near_zero = honesty_warnings([{"step": 9, "val_loss": 0.01, "train_loss": 0.01}])
+    assert [k for k, _ in near_zero] == ["near_zero_loss"] and "perplexity 1.010" in near_zero[0][1]
+    assert honesty_warnings([{"step": 9, "val_loss": 0.01, "train_loss": 0.01}], {"near_zero_loss"}) == []
+
+
+def test_memorising_run_logs_warnings_that_reach_the_report(tmp_path):
+    """A corpus of one repeated sentence is memorised: loss near zero must be flagged, in the log and report."""
+    import numpy as np
+
+    data = write_dataset(tmp_path / "ds", train_documents=4, val_documents=2)
+    ids = np.fromfile(data / "train.bin", dtype=np.uint16)
+    pattern = np.tile(ids[:16], len(ids) // 16 + 1)[:len(ids)]
+    pattern.astype(np.uint16).tofile(data / "train.bin")
+    val = np.fromfile(data / "val.bin", dtype=np.uint16)
+    np.tile(ids[:16], len(val) // 16 + 1)[:len(val)].astype(np.uint16).tofile(data / "val.bin")
+    run = tmp_path / "run"
+    train(data, run, overrides=tiny_overrides(data, max_steps=60, lr=1e-2, eval_interval=20,
+                                              checkpoint_interval=0), quiet=True)
+    kinds = [e["kind"] for e in train_events(run, "warning")]
+    assert "near_zero_loss" in kinds
+    assert "near_zero_loss" in (run / "report.md").read_text()
