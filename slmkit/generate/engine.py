@@ -185,7 +185,8 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
 
     on_token(row, token) is called for each accepted token, on_text(row, text) with each piece of text
     that is safe to show (needs a tokenizer). Temperature 0 is greedy. decode_step, when given,
-    replaces `model(tokens, cache=..., pad_offsets=...)` for the one-token steps (a compiled step).
+    replaces the one-token step (default: `LeanDecoder(model).step`, equal to `model(tokens, cache=...,
+    pad_offsets=...)` with less overhead; pass that lambda to use the model's forward itself).
     """
     context = model.config.context_length
     rows = prepare_prompts(prompts, config, context, eot_id)
@@ -205,7 +206,10 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
     history_pad = pad_offsets
     capacity = max(min(total - 1, context), width)  # steps the model will read
     cache = model.new_cache(batch, capacity)
-    step_fn = decode_step or (lambda tokens, cache, pad: model(tokens, cache=cache, pad_offsets=pad))
+    if decode_step is None:
+        from slmkit.generate.fast import LeanDecoder
+
+        decode_step = LeanDecoder(model).step
     logits = model(history[:, :width], cache=cache, pad_offsets=pad_offsets)[:, -1]
     uses_penalties = (config.repetition_penalty != 1.0 or config.presence_penalty or config.frequency_penalty
                       or config.no_repeat_ngram_size > 0)
@@ -243,7 +247,7 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
             cache = model.new_cache(batch, capacity)
             logits = model(kept_tokens.to(device), cache=cache, pad_offsets=pad_offsets)[:, -1]
         else:
-            logits = step_fn(feed, cache, pad_offsets)[:, -1]
+            logits = decode_step(feed, cache, pad_offsets)[:, -1]
     finish_rows(states, on_text)
     for state in states:
         if tokenizer is not None and state.text is None:
