@@ -62,8 +62,17 @@ def normalize(text: str) -> str:
     return text.lstrip("\ufeff").strip()
 
 
-def garbage_reason(text: str, options: CleanOptions, replaced: bool) -> str | None:
-    """Name of the filter `text` fails (after decoding), or None."""
+def longest_line(data: bytes) -> int:
+    """Length in bytes of the longest line of UTF-8 `data` (numpy over newline positions)."""
+    breaks = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    if len(breaks) == 0:
+        return len(data)
+    edges = np.concatenate([[-1], breaks, [len(data)]])
+    return int(np.diff(edges).max()) - 1
+
+
+def garbage_reason(text: str, options: CleanOptions, replaced: bool, data: bytes | None = None) -> str | None:
+    """Name of the filter `text` fails (after decoding), or None. `data`: its UTF-8 bytes, if at hand."""
     if not text:
         return "empty"
     if len(text) < options.min_chars:
@@ -73,8 +82,11 @@ def garbage_reason(text: str, options: CleanOptions, replaced: bool) -> str | No
     lines = text.count("\n") + 1
     if len(text) / lines > options.max_mean_line_chars:
         return "long_lines"
-    if len(text) > options.max_line_chars and max(map(len, text.split("\n"))) > options.max_line_chars:
-        return "long_lines"
+    if len(text) > options.max_line_chars:
+        if data is None:
+            data = text.encode("utf-8", "surrogatepass")
+        if longest_line(data) > options.max_line_chars:  # bytes >= characters: exact when ASCII
+            return "long_lines"
     if replaced and text.count("\ufffd") > options.max_replacement_share * len(text):
         return "garbled"
     return None
@@ -136,26 +148,31 @@ class DocumentProcessor:
         else:
             yield item.name, text, None, replaced
 
-    def clean_texts(self, item: RawItem):
-        """(name, cleaned text or None, reason, replaced) for each document in `item`."""
+    def clean_texts(self, item: RawItem, with_bytes: bool = False):
+        """(name, cleaned text or None, reason, replaced) for each document in `item`; with `with_bytes`,
+        (name, text, reason, replaced, UTF-8 bytes of the text)."""
         for name, text, reason, replaced in self.texts(item):
+            data = None
             if reason is None:
                 text = normalize(text)
-                reason = garbage_reason(text, self.options, replaced)
-            yield name, (text if reason is None else None), reason, replaced
+                data = text.encode("utf-8", "surrogatepass")
+                reason = garbage_reason(text, self.options, replaced, data)
+            if reason is not None:
+                text = data = None
+            yield (name, text, reason, replaced, data) if with_bytes else (name, text, reason, replaced)
 
     def process(self, items: list[RawItem]) -> list[DocResult]:
         results = []
         eot = np.array([self.tokenizer.eot_id], dtype=self.dtype) if self.tokenizer else None
         for item in items:
-            for name, text, reason, replaced in self.clean_texts(item):
+            for name, text, reason, replaced, data in self.clean_texts(item, with_bytes=True):
                 if reason is not None:
                     results.append(DocResult(name, item.group, reason, replaced=replaced))
                     continue
-                result = DocResult(name, item.group, None, n_bytes=len(text.encode("utf-8", "surrogatepass")),
-                                   hash=content_hash(text), replaced=replaced)
+                result = DocResult(name, item.group, None, n_bytes=len(data), hash=content_hash(data),
+                                   replaced=replaced)
                 if self.options.near_dup:
-                    result.signature = minhash(text, self.options.num_perm)
+                    result.signature = minhash(data, self.options.num_perm)
                 if self.tokenizer is not None:
                     ids = self.tokenizer.encode_to_array(text, np.uint32)
                     result.tokens = np.concatenate([ids.astype(self.dtype, copy=False), eot])
@@ -167,12 +184,12 @@ class DocumentProcessor:
 _worker: DocumentProcessor | None = None
 
 
-def init_worker(options: CleanOptions, tokenizer_dir: str | None, dtype: str) -> None:
+def init_worker(options: CleanOptions, tokenizer, dtype: str) -> None:
+    """Pool initializer; `tokenizer` is a Tokenizer (inherited by fork) or a directory to load it from."""
     global _worker
     from slmkit.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir else None
-    _worker = DocumentProcessor(options, tokenizer, dtype)
+    _worker = DocumentProcessor(options, load_tokenizer(tokenizer) if tokenizer else None, dtype)
 
 
 def process_in_worker(items: list[RawItem]) -> list[DocResult]:

@@ -39,9 +39,11 @@ def _skeleton_table() -> np.ndarray:
 _TABLE = _skeleton_table()
 
 
-def skeleton(text: str) -> np.ndarray:
-    """The spelling-insensitive skeleton of `text` as uint8 codes (see module doc)."""
-    codes = _TABLE[np.frombuffer(text.encode("utf-8", "replace"), dtype=np.uint8)]
+def skeleton(text: str | bytes | np.ndarray) -> np.ndarray:
+    """The spelling-insensitive skeleton of `text` (str, or its UTF-8 bytes) as uint8 codes (see module doc)."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "replace")
+    codes = _TABLE[np.frombuffer(text, dtype=np.uint8) if isinstance(text, bytes) else text]
     codes = codes[codes != 0]
     if len(codes) == 0:
         return codes
@@ -51,9 +53,14 @@ def skeleton(text: str) -> np.ndarray:
     return codes[keep]
 
 
-def shingle_hashes(text: str, shingle_chars: int = SHINGLE_CHARS, min_count: int = 2 * NUM_PERM) -> np.ndarray:
+def shingle_hashes(text: str | bytes, shingle_chars: int = SHINGLE_CHARS, min_count: int = 2 * NUM_PERM) -> np.ndarray:
     """64-bit hashes of the skeleton shingles that start at a word boundary (at every position
-    instead when that gives fewer than `min_count`, so short documents still get a signature)."""
+    instead when that gives fewer than `min_count`, so short documents still get a signature).
+
+    A shingle of up to 16 characters is read as two unaligned little-endian 64-bit words of the
+    skeleton (a strided view, no per-character loop), masked to `shingle_chars` and mixed."""
+    if not 1 <= shingle_chars <= 16:
+        raise ValueError(f"shingle_chars must be 1..16, not {shingle_chars}")
     codes = skeleton(text)
     last = max(len(codes) - shingle_chars, 0)
     starts = np.flatnonzero(codes[:last] == ord(" ")) + 1
@@ -61,15 +68,21 @@ def shingle_hashes(text: str, shingle_chars: int = SHINGLE_CHARS, min_count: int
         starts = np.arange(last + 1) if len(codes) >= shingle_chars else starts[:0]
     if len(starts) == 0:
         return np.empty(0, dtype=np.uint64)
-    h = np.zeros(len(starts), dtype=np.uint64)
-    for j in range(shingle_chars):
-        h = h * _PRIME + codes[starts + j].astype(np.uint64)
+    padded = np.zeros(len(codes) + 16, dtype=np.uint8)
+    padded[: len(codes)] = codes
+    words = np.ndarray((len(codes) + 9,), dtype="<u8", buffer=padded, strides=(1,))  # words[i] = bytes i..i+7
+    first_bytes = min(shingle_chars, 8)
+    h = words[starts]
+    if first_bytes < 8:
+        h &= np.uint64((1 << (8 * first_bytes)) - 1)
+    if shingle_chars > 8:
+        h = h * _MIX + (words[starts + 8] & np.uint64((1 << (8 * (shingle_chars - 8))) - 1))
     h *= _MIX
     h ^= h >> np.uint64(29)
     return h * _MIX
 
 
-def minhash(text: str, num_perm: int = NUM_PERM, shingle_chars: int = SHINGLE_CHARS) -> np.ndarray | None:
+def minhash(text: str | bytes, num_perm: int = NUM_PERM, shingle_chars: int = SHINGLE_CHARS) -> np.ndarray | None:
     """A MinHash signature (uint32[num_perm]) of `text` by one-permutation hashing with rotation
     densification; None when the text has too few shingles to compare (under MIN_SHINGLES)."""
     h = shingle_hashes(text, shingle_chars, 2 * num_perm)
@@ -89,9 +102,11 @@ def minhash(text: str, num_perm: int = NUM_PERM, shingle_chars: int = SHINGLE_CH
     return (mins >> np.uint64(64 - bits - 32)).astype(np.uint32)
 
 
-def content_hash(text: str) -> bytes:
-    """16-byte hash of the exact text (for exact-duplicate detection)."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+def content_hash(text: str | bytes) -> bytes:
+    """16-byte hash of the exact text or its UTF-8 bytes (for exact-duplicate detection)."""
+    if isinstance(text, str):
+        text = text.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, digest_size=16).digest()
 
 
 def lsh_parameters(num_perm: int, threshold: float) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import numpy as np
 
 LEAK_NGRAM_BYTES = 50
 LEAK_WARN_SHARE = 0.05
-MAX_TRAIN_NGRAMS = 1_000_000  # beyond this the train n-grams are sampled (rate > 1)
+MAX_TRAIN_NGRAMS = 250_000  # beyond this the train n-grams are sampled (rate > 1)
 _PRIME = np.uint64(1099511628211)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -31,37 +31,38 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
 
 
 def ngram_hashes(tokens: np.ndarray, n: int, eot_id: int, rate: int, chunk: int = 1 << 23) -> np.ndarray:
-    """Sorted unique 64-bit hashes of the n-grams of `tokens` that contain no `eot_id`, keeping those
-    whose hash is 0 modulo `rate`. Reads `tokens` (a memmap is fine) in chunks.
+    """Sorted unique 64-bit hashes of the n-grams of `tokens` that contain no `eot_id`, keeping about one
+    in `rate`. Reads `tokens` (a memmap is fine) in chunks.
 
-    The polynomial hash sum_j t[i+j] * P^(n-1-j) (mod 2^64) is computed for all i at once from one
-    prefix sum: with Q = P^-1 (P is odd, so invertible mod 2^64), S[i] = sum_{k<i} t[k] Q^k and
-    hash(i) = (S[i+n] - S[i]) * P^(i+n-1), a constant amount of work per position whatever n is.
+    The sample is consistent: whether an n-gram is kept depends only on its first two tokens, so the same
+    n-gram is kept (or not) in both splits, and only the kept positions are hashed (n gathers of
+    len/rate values), which keeps the check cheap next to tokenization.
     """
     kept = []
     total = len(tokens)
-    p, q = _PRIME, np.uint64(pow(int(_PRIME), -1, 1 << 64))
+    threshold = np.uint64(((1 << 64) - 1) // max(rate, 1))
     for start in range(0, max(total - n + 1, 0), chunk):
-        window = np.asarray(tokens[start : min(start + chunk + n - 1, total)]).astype(np.uint64)
+        window = np.asarray(tokens[start : min(start + chunk + n - 1, total)])
         count = len(window) - n + 1
         if count <= 0:
             break
-        with np.errstate(over="ignore"):
-            q_pow = np.cumprod(np.full(len(window), q, dtype=np.uint64)) * p  # Q^k, k = 0..len-1
-            p_pow = np.cumprod(np.full(count, p, dtype=np.uint64)) * p ** np.uint64(n - 2)  # P^(i+n-1)
-            prefix = np.zeros(len(window) + 1, dtype=np.uint64)
-            np.cumsum((window + np.uint64(1)) * q_pow, out=prefix[1:])
-            h = (prefix[n : n + count] - prefix[:count]) * p_pow
-        is_eot = np.zeros(len(window) + 1, dtype=np.int64)
-        np.cumsum(window == eot_id, out=is_eot[1:])
-        clean = (is_eot[n : n + count] - is_eot[:count]) == 0
-        h = h[clean] * _MIX
-        h ^= h >> np.uint64(31)
         if rate > 1:
-            h = h[h % np.uint64(rate) == 0]
-        kept.append(sorted_unique(h))
-    if not kept:
-        return np.empty(0, dtype=np.uint64)
+            key = window[:count].astype(np.uint64) * _PRIME + window[1 : count + 1]
+            key *= _MIX
+            key ^= key >> np.uint64(31)
+            key *= _MIX
+            starts = np.flatnonzero(key <= threshold)
+        else:
+            starts = np.arange(count)
+        eots = np.zeros(len(window) + 1, dtype=np.int64)
+        np.cumsum(window == eot_id, out=eots[1:])
+        starts = starts[eots[starts + n] == eots[starts]]
+        h = np.zeros(len(starts), dtype=np.uint64)
+        for j in range(n):
+            h = h * _PRIME + window[starts + j] + np.uint64(1)
+        kept.append(sorted_unique(h * _MIX))
+    if len(kept) <= 1:
+        return kept[0] if kept else np.empty(0, dtype=np.uint64)
     return sorted_unique(np.concatenate(kept))
 
 
@@ -83,7 +84,7 @@ def leak_check(train: np.ndarray, val: np.ndarray, eot_id: int, bytes_per_token:
             "sources or pick the validation set with --val"
         )
     return {
-        "method": "distinct token n-grams without document boundaries, consistent hash sampling",
+        "method": "distinct token n-grams within documents, sampled consistently by their first two tokens",
         "ngram_tokens": n,
         "ngram_bytes": round(n * bytes_per_token, 1),
         "sample_rate": rate,

@@ -37,7 +37,7 @@ from slmkit.tokenizer.base import MANIFEST, write_json_atomic
 
 FORMAT = "slmkit-dataset"
 VERSION = 1
-BATCH_BYTES = 1 << 20
+BATCH_BYTES = 256 << 10  # per task sent to a worker: small enough to balance the load at the end
 WRITE_TOKENS = 1 << 24
 NEAR_DUP_MODES = ("group", "drop", "off")
 
@@ -369,11 +369,13 @@ class _Builder:
         if self.workers > 1:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            # Forked workers inherit the loaded tokenizer; spawned ones load it from the scratch folder.
+            tokenizer = self.tokenizer if method == "fork" else str(tokenizer_dir)
             pool = multiprocessing.get_context(method).Pool(
-                self.workers, initializer=init_worker, initargs=(self.clean, str(tokenizer_dir), self.dtype.name)
+                self.workers, initializer=init_worker, initargs=(self.clean, tokenizer, self.dtype.name)
             )
         else:
-            local = DocumentProcessor(self.clean, load_tokenizer(tokenizer_dir), self.dtype)
+            local = DocumentProcessor(self.clean, self.tokenizer, self.dtype)
         try:
             pending: deque = deque()
             # Validation sources first, so that a document in both keeps its validation copy.
@@ -406,7 +408,7 @@ class _Builder:
     def build(self) -> dict:
         options = self.options
         start = time.perf_counter()
-        tokenizer = self._tokenizer()
+        tokenizer = self.tokenizer = self._tokenizer()
         tokenizer.save(self.tmp)
         vocab_size = tokenizer.vocab_size
         if options.dtype == "uint16" and vocab_size > 65536:
@@ -509,7 +511,7 @@ class _Builder:
         t0 = time.perf_counter()
         train = np.memmap(self.tmp / "train.bin", dtype=self.dtype, mode="r")
         val = np.memmap(self.tmp / "val.bin", dtype=self.dtype, mode="r")
-        sample = tokenizer.decode(np.asarray(train[:300_000]))
+        sample = tokenizer.decode(np.asarray(train[:30_000]))
         health = tokenizer_health(
             tokenizer, {name: {**splits[name], "tokens": arr} for name, arr in (("train", train), ("val", val))},
             sample_text=sample,

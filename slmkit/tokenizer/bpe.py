@@ -201,7 +201,7 @@ class BPETokenizer(Tokenizer):
         return np.asarray(self.encode(text), dtype=dtype)
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
-        ids = [int(i) for i in ids]
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids]
         if self.hf is not None:
             return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
         if skip_special_tokens:
