@@ -98,3 +98,38 @@ def test_init_from_starts_a_new_run_from_the_weights_with_a_fresh_optimizer(data
     assert first["step"] == 1  # a new run counts from zero
     # with a ~zero learning rate one step changes nothing: the new run starts at the source's quality
     assert train_events(run, "eval")[-1]["val_loss"] == pytest.approx(source_loss, abs=1e-4)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(data_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "slmkit", "train", "--data", str(data_dir), "--out", str(run), "--quiet"]
+    for override in tiny_overrides(data_dir, max_steps=100000, eval_interval=0, checkpoint_interval=0):
+        command += ["--set", override]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(_lines(run)) < 5:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err[-2000:]
+    stopped = train_events(run, "interrupted")
+    assert len(stopped) == 1 and stopped[0]["reason"] == "SIGTERM received"
+    last = json.loads((run / "checkpoints" / "last" / "config.json").read_text())
+    assert last["step"] == stopped[0]["step"] == train_events(run)[-1]["step"]
+    result = train(resume=run, overrides=[f"train.max_steps={last['step'] + 2}"], quiet=True, report=False)
+    assert result.step == last["step"] + 2
+
+
+def _lines(run):
+    path = run / "metrics.jsonl"
+    return path.read_text().splitlines() if path.is_file() else []

@@ -449,6 +449,13 @@ class Trainer:
                 if self.is_main:
                     logger.log("end", self.step, tokens=self.tokens, reason=result.stop_reason,
                                wall_time=round(self.elapsed, 2))
+        except SlmError:
+            if self.is_main and not self.resume and not (self.run_dir / "checkpoints").exists():
+                if logger is not None:
+                    logger.close()
+                    logger = None
+                shutil.rmtree(self.run_dir, ignore_errors=True)  # nothing worth keeping: allow a plain re-run
+            raise
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
