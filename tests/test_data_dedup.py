@@ -46,9 +46,25 @@ def test_near_duplicate_pairs_finds_planted_pairs_only():
     assert pairs == {(4, 30), (9, 31)}
 
 
-def test_lsh_bands_put_the_s_curve_below_the_threshold():
-    bands, rows = lsh_parameters(128, 0.35)
-    assert bands * rows == 128
-    assert (1 / bands) ** (1 / rows) <= 0.35
-    # A pair at the threshold is a candidate with high probability.
-    assert 1 - (1 - 0.35**rows) ** bands > 0.95
+def test_lsh_bands_find_pairs_just_above_the_threshold():
+    for threshold in (0.35, 0.5, 0.8):
+        bands, rows = lsh_parameters(128, threshold)
+        assert bands * rows <= 128
+        assert 1 - (1 - (threshold + 0.1) ** rows) ** bands >= 0.98
+        # ... with the most rows that allows, so unrelated documents rarely share a bucket.
+        assert 1 - (1 - (threshold + 0.1) ** (rows + 1)) ** (128 // (rows + 1)) < 0.98
+
+
+def test_large_buckets_of_similar_documents_stay_linear_and_are_grouped():
+    # 300 copies of one text with small edits: all one bucket; a window of bucket-mates links them all.
+    base = make_text(7, 800)
+    texts = [base.replace("ka", "ko", i % 5) + f" tail {i}" for i in range(300)]
+    signatures = np.stack([minhash(t) for t in texts])
+    pairs = near_duplicate_pairs(signatures, 0.35)
+    assert len(pairs) <= 300 * 8
+    from slmkit.data.dedup import UnionFind
+
+    union = UnionFind(len(texts))
+    for a, b, _ in pairs:
+        union.union(a, b)
+    assert len({union.find(i) for i in range(len(texts))}) == 1

@@ -109,15 +109,15 @@ def content_hash(text: str | bytes) -> bytes:
     return hashlib.blake2b(text, digest_size=16).digest()
 
 
-def lsh_parameters(num_perm: int, threshold: float) -> tuple[int, int]:
-    """(bands, rows) with bands * rows = num_perm whose S-curve midpoint (1/bands)^(1/rows) lies just
-    below `threshold`, so pairs at the threshold are found with high probability."""
+def lsh_parameters(num_perm: int, threshold: float, recall: float = 0.98) -> tuple[int, int]:
+    """(bands, rows), bands * rows <= num_perm, with as many rows per band as possible (fewer chance
+    candidates) while a pair of similarity threshold + 0.1 is still a candidate with probability
+    >= `recall`: 1 - (1 - J^rows)^bands."""
+    target = min(threshold + 0.1, 1.0)
     best = (num_perm, 1)
     for rows in range(1, num_perm + 1):
-        if num_perm % rows:
-            continue
         bands = num_perm // rows
-        if (1 / bands) ** (1 / rows) <= threshold * 0.85:
+        if 1 - (1 - target**rows) ** bands >= recall:
             best = (bands, rows)
     return best
 
@@ -135,45 +135,73 @@ class UnionFind:
             parent[i], i = root, parent[i]
         return int(root)
 
+    def roots(self) -> np.ndarray:
+        """The root of every element at once (vectorised pointer jumping; compresses all paths)."""
+        r = self.parent
+        while True:
+            nxt = r[r]
+            if np.array_equal(nxt, r):
+                break
+            r = nxt
+        self.parent = r.copy()
+        return r
+
     def union(self, a: int, b: int) -> None:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+PAIR_WINDOW = 8  # within a bucket, each document is compared with this many bucket-mates before it
+VERIFY_CHUNK = 1 << 16  # candidate pairs compared at once (2 x 64K signatures in memory)
+
+
 def near_duplicate_pairs(signatures: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """Pairs (i, j, estimated Jaccard) of rows of `signatures` (n, num_perm) at or above `threshold`.
 
-    Each band of rows is hashed to one 64-bit key per document; documents sharing a key in any band are
-    candidates, confirmed by the share of equal signature entries. Memory: O(n) per band.
+    Each band of rows is hashed to one 64-bit key per document; documents sharing a key are candidates.
+    Within a bucket each document is compared with the PAIR_WINDOW documents before it (all pairs in
+    buckets up to that size), so work stays linear when a formulaic corpus makes buckets large; pairs
+    already joined by an earlier band are skipped. Candidates are confirmed, vectorised, by the share of
+    equal signature entries. Memory: O(n) per band.
     """
     n, num_perm = signatures.shape
     if n < 2:
         return []
     bands, rows = lsh_parameters(num_perm, threshold)
-    candidates: set[tuple[int, int]] = set()
-    weights = (np.arange(rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)) * _MIX
+    union = UnionFind(n)
+    found: dict[tuple[int, int], float] = {}
+    index = np.arange(n)
     for band in range(bands):
-        block = signatures[:, band * rows : (band + 1) * rows].astype(np.uint64)
-        keys = (block * weights).sum(axis=1, dtype=np.uint64) ^ np.uint64(band)
+        block = np.asarray(signatures[:, band * rows : (band + 1) * rows]).astype(np.uint64)
+        keys = np.full(n, band, dtype=np.uint64)
+        for column in block.T:  # a mixing fold: equal keys mean equal rows, up to 2^-64 chance
+            keys = (keys ^ column) * _MIX
+            keys ^= keys >> np.uint64(29)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
-        same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
-        if len(same) == 0:
-            continue
-        # Runs of equal keys: pair every member with the run's first member and its neighbour, which
-        # with union-find later links the whole run without quadratic blow-up on huge buckets.
         run_start = np.ones(n, dtype=bool)
         run_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
-        first = np.maximum.accumulate(np.where(run_start, np.arange(n), 0))
-        for k in same + 1:
-            a, b = int(order[first[k]]), int(order[k])
-            candidates.add((min(a, b), max(a, b)))
-            a = int(order[k - 1])
-            candidates.add((min(a, b), max(a, b)))
-    pairs = []
-    for a, b in sorted(candidates):
-        similarity = float(np.mean(signatures[a] == signatures[b]))
-        if similarity >= threshold:
-            pairs.append((a, b, similarity))
-    return pairs
+        if run_start.all():
+            continue
+        position_in_run = index - np.maximum.accumulate(np.where(run_start, index, 0))
+        roots = union.roots() if found else index
+        pairs_a, pairs_b = [], []
+        for back in range(1, PAIR_WINDOW + 1):
+            k = np.flatnonzero(position_in_run >= back)
+            if len(k) == 0:
+                break
+            a, b = order[k - back], order[k]
+            fresh = roots[a] != roots[b]
+            pairs_a.append(a[fresh])
+            pairs_b.append(b[fresh])
+        a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
+        for start in range(0, len(a), VERIFY_CHUNK):
+            ca, cb = a[start : start + VERIFY_CHUNK], b[start : start + VERIFY_CHUNK]
+            similarity = (np.asarray(signatures[ca]) == np.asarray(signatures[cb])).mean(axis=1)
+            for i in np.flatnonzero(similarity >= threshold):
+                x, y = int(min(ca[i], cb[i])), int(max(ca[i], cb[i]))
+                if (x, y) not in found:
+                    found[(x, y)] = float(similarity[i])
+                    union.union(x, y)
+    return sorted((x, y, sim) for (x, y), sim in found.items())

@@ -491,7 +491,7 @@ class _Builder:
                 union.union(by_key[key], doc)
             else:
                 by_key[key] = doc
-        roots = np.array([union.find(i) for i in range(n_docs)], dtype=np.int64)
+        roots = union.roots().astype(np.int64)
         self.timings["near_dup_s"] = round(time.perf_counter() - t0, 3)
 
         # ---- split ----
