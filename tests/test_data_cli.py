@@ -39,3 +39,11 @@ def test_default_out_dir_names_sources_and_tokenizer():
 
     assert str(_default_out(["shakespeare"], "gpt2")) == "data/shakespeare-gpt2"
     assert str(_default_out(["../a/x", "../a/y@2"], "bpe:8192")) == "data/x+y-bpe8192"
+
+
+def test_val_flag_takes_a_share_a_count_or_a_source():
+    from slmkit.cli.data import _split_val
+
+    assert _split_val(["0.1"], None) == (0.1, [])
+    assert _split_val(["10"], None) == (10.0, [])
+    assert _split_val(["held_out/"], ["more.txt"]) == (0.05, ["more.txt", "held_out/"])

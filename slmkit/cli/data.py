@@ -11,11 +11,16 @@ from slmkit.data.clean import ENCODING_POLICIES
 from slmkit.data.dedup import DEFAULT_THRESHOLD
 
 
-def _val(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--val takes a fraction (0.05) or a document count (10), not {value!r}") from None
+def _split_val(values: list[str] | None, sources: list[str] | None) -> tuple[float, list[str]]:
+    """--val values: numbers are the validation share (0.05) or document count (10); anything else is a
+    validation source. Returns (val, val_sources)."""
+    val, val_sources = 0.05, list(sources or [])
+    for value in values or []:
+        try:
+            val = float(value)
+        except ValueError:
+            val_sources.append(value)
+    return val, val_sources
 
 
 def _add_source_options(p: argparse.ArgumentParser) -> None:
@@ -45,8 +50,9 @@ def cmd_prepare(args) -> int:
     from slmkit.data.report import format_summary
 
     out = Path(args.out) if args.out else _default_out(args.sources, args.tokenizer)
+    val, val_sources = _split_val(args.val, args.val_source)
     dataset = prepare(
-        args.sources, out, tokenizer=args.tokenizer, val=args.val, val_sources=args.val_source, seed=args.seed,
+        args.sources, out, tokenizer=args.tokenizer, val=val, val_sources=val_sources, seed=args.seed,
         near_dup=args.near_dup, near_dup_threshold=args.near_dup_threshold, encoding_errors=args.encoding_errors,
         min_chars=args.min_chars, max_line_chars=args.max_line_chars, doc_separator=args.doc_separator,
         extensions=args.ext, text_field=args.text_field, hf_split=args.hf_split, max_documents=args.max_documents,
@@ -111,7 +117,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", "-o", help="dataset directory (default data/<sources>-<tokenizer>)")
     p.add_argument("--tokenizer", "-t", default="gpt2",
                    help="gpt2, bpe:VOCAB (trained here), char, or a tokenizer dir / tokenizer.json (default gpt2)")
-    p.add_argument("--val", type=_val, default=0.05, help="validation share of tokens (0.05) or documents (10)")
+    p.add_argument("--val", action="append", metavar="SHARE|COUNT|SOURCE",
+                   help="validation: a share of the tokens (default 0.05), a number of documents (10), or a "
+                   "source that is the validation set (repeatable)")
     p.add_argument("--val-source", action="append", metavar="SOURCE", help="explicit validation source (repeatable)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the split (default 1337)")
     p.add_argument("--near-dup", choices=("group", "drop", "off"), default="group",

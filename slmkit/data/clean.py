@@ -187,7 +187,11 @@ _worker: DocumentProcessor | None = None
 def init_worker(options: CleanOptions, tokenizer, dtype: str) -> None:
     """Pool initializer; `tokenizer` is a Tokenizer (inherited by fork) or a directory to load it from."""
     global _worker
+    import signal
+
     from slmkit.tokenizer import load_tokenizer
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
 
     _worker = DocumentProcessor(options, load_tokenizer(tokenizer) if tokenizer else None, dtype)
 

@@ -236,7 +236,7 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
 
 
 def _train_on(sources: list[Source], spec: str, clean: CleanOptions, budget: int, chat_tokens: bool,
-              min_frequency: int = 2) -> Tokenizer:
+              min_frequency: int = 2, progress: bool = False) -> Tokenizer:
     """Train tokenizer `spec` on the cleaned documents of `sources`, up to `budget` characters."""
     processor = DocumentProcessor(clean)
     check: list[str] = []
@@ -258,7 +258,8 @@ def _train_on(sources: list[Source], spec: str, clean: CleanOptions, budget: int
     empty = SlmError(f"every document was filtered out, so {spec} cannot be trained; check the sources and --min-chars")
     if spec == "char" and not corpus:
         raise empty
-    tokenizer = train_tokenizer(corpus, spec, chat_tokens=chat_tokens, min_frequency=min_frequency, check_texts=check)
+    tokenizer = train_tokenizer(corpus, spec, chat_tokens=chat_tokens, min_frequency=min_frequency,
+                                check_texts=check, progress=progress)
     if not check:
         raise empty
     return tokenizer
@@ -336,7 +337,7 @@ class _Builder:
             return load_tokenizer(arg)
         start = time.perf_counter()
         tokenizer = _train_on(self.sources, str(arg), self.clean, self.options.tokenizer_train_bytes,
-                              self.options.chat_tokens)
+                              self.options.chat_tokens, progress=self.progress)
         self.timings["tokenizer_training_s"] = round(time.perf_counter() - start, 3)
         return tokenizer
 
