@@ -1,5 +1,5 @@
-"""DDP: `slm train` under torchrun with two CPU processes (gloo) equals one process with the same
-global batch (gradient accumulation over the two ranks' micro-batches)."""
+"""DDP (and FSDP2, slow): `slm train` under torchrun with two CPU processes (gloo) equals one process
+with the same global batch (gradient accumulation over the two ranks' micro-batches)."""
 
 import json
 import os
@@ -17,7 +17,8 @@ def data_dir(tmp_path_factory):
     return write_dataset(tmp_path_factory.mktemp("data") / "ds")
 
 
-def test_two_process_ddp_run_equals_one_process_with_accumulation(data_dir, tmp_path):
+@pytest.mark.parametrize("parallelism", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_process_run_equals_one_process_with_accumulation(data_dir, tmp_path, parallelism):
     common = dict(max_steps=6, eval_interval=3, checkpoint_interval=3, batch_size=4)
     single = tmp_path / "single"
     train(data_dir, single, overrides=tiny_overrides(data_dir, grad_accum=2, **common), quiet=True, report=False)
@@ -25,7 +26,7 @@ def test_two_process_ddp_run_equals_one_process_with_accumulation(data_dir, tmp_
     ddp = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "slmkit", "train", "--data", str(data_dir), "--out", str(ddp), "--quiet"]
-    for override in tiny_overrides(data_dir, grad_accum=1, **common):
+    for override in tiny_overrides(data_dir, grad_accum=1, parallelism=parallelism, **common):
         command += ["--set", override]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
@@ -42,3 +43,9 @@ def test_two_process_ddp_run_equals_one_process_with_accumulation(data_dir, tmp_
     # rank 0 alone writes: one start event, checkpoints as configured
     assert len(train_events(ddp, "start")) == 1
     assert sorted(p.name for p in (ddp / "checkpoints").iterdir()) == ["best", "last", "step-3", "step-6"]
+    # the gathered checkpoint holds the same weights as the single-process run's
+    from slmkit.model import load_model
+
+    for a, b in zip(load_model(ddp / "checkpoints" / "last").parameters(),
+                    load_model(single / "checkpoints" / "last").parameters()):
+        assert (a - b).abs().max() < 1e-4

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from slmkit.errors import SlmError
-from slmkit.model.checkpoint import CONFIG_FILE, _replace_dir, save_model
+from slmkit.model.checkpoint import CONFIG_FILE, _replace_dir, model_state, write_checkpoint
 
 STATE_FILE = "training_state.pt"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -56,19 +56,59 @@ def set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state_all(cuda_states)
 
 
-def save_training_checkpoint(directory: Path, model, training_state: dict, extra: dict,
-                             extra_files: dict | None = None) -> Path:
-    """Write model weights, config, `training_state` (and `extra_files`) into `directory`, atomically."""
+def save_training_checkpoint(directory: Path, model_config, weights: dict[str, torch.Tensor], training_state: dict,
+                             extra: dict, extra_files: dict | None = None) -> Path:
+    """Write weights, config, `training_state` (and `extra_files`) into `directory`, atomically."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory.parent, prefix=".training_state.", suffix=".pt")
     os.close(fd)
     try:
         torch.save(training_state, tmp)
-        save_model(model, directory, extra=extra, extra_files={STATE_FILE: tmp, **(extra_files or {})})
+        write_checkpoint(directory, model_config, weights, extra=extra,
+                         extra_files={STATE_FILE: tmp, **(extra_files or {})})
     finally:
         Path(tmp).unlink(missing_ok=True)
     return directory
+
+
+def full_state(model, optimizer, sharded: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights to save, optimizer state) of `model`; with FSDP2 (`sharded`) both are gathered in
+    full onto CPU, a collective every process must call (only rank 0's copy is complete)."""
+    if not sharded:
+        return model_state(model), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    if model.config.tie_embeddings:
+        weights.pop("lm_head.weight", None)
+    weights = {name: tensor.contiguous() for name, tensor in weights.items()}
+    optimizers = [get_optimizer_state_dict(model, opt, options=options) for opt in optimizer.optimizers]
+    return weights, {"optimizers": optimizers, "full_state_dict": True}
+
+
+def restore_full_state(model, optimizer, weights: dict[str, torch.Tensor], optimizer_state: dict) -> None:
+    """Load full (unsharded) weights and optimizer state into an FSDP2-sharded model, on every process."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    if not optimizer_state.get("full_state_dict"):
+        raise SlmError("this checkpoint was saved without FSDP; resume it with train.parallelism=ddp")
+    options = StateDictOptions(full_state_dict=True)
+    weights = dict(weights)
+    if model.config.tie_embeddings:
+        weights["lm_head.weight"] = weights["embed.weight"]
+    set_model_state_dict(model, weights, options=options)
+    for opt, state in zip(optimizer.optimizers, optimizer_state["optimizers"], strict=True):
+        set_optimizer_state_dict(model, opt, state, options=options)
 
 
 def link_checkpoint(source: Path, target: Path) -> Path:

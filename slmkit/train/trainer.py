@@ -316,10 +316,16 @@ class Trainer:
         if differences:
             raise SlmError(f"checkpoint {self.resume_dir} does not match the run's model config "
                            f"({'; '.join(differences[:4])})")
-        load_weights(self.model, tensors, str(self.resume_dir))
         state = ckpt.load_training_state(self.resume_dir)
         configured = [group["initial_lr"] for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            ckpt.restore_full_state(self.model, self.optimizer, tensors, state["optimizer"])
+        elif state["optimizer"].get("full_state_dict"):
+            raise SlmError(f"{self.resume_dir} was saved by an FSDP run; resume it under torchrun with "
+                           f"train.parallelism=fsdp")
+        else:
+            load_weights(self.model, tensors, str(self.resume_dir))
+            self.optimizer.load_state_dict(state["optimizer"])
         for group, initial_lr in zip(self.optimizer.param_groups, configured):
             group["initial_lr"] = initial_lr  # a changed train.lr applies from the resumed step on
         if self.scaler is not None and state.get("grad_scaler"):
@@ -621,7 +627,11 @@ class Trainer:
         return record
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def _training_state(self) -> dict:
+    @property
+    def sharded(self) -> bool:
+        return self.dist.enabled and self.config.parallelism == "fsdp"
+
+    def _training_state(self, optimizer_state: dict) -> dict:
         rng = ckpt.rng_state()
         if self.dist.enabled:
             gathered = [None] * self.dist.world_size
@@ -629,7 +639,7 @@ class Trainer:
         else:
             gathered = [rng]
         return {"step": self.step, "tokens": self.tokens, "elapsed": float(self.elapsed),
-                "best_val_loss": float(self.best_val_loss), "optimizer": self.optimizer.state_dict(),
+                "best_val_loss": float(self.best_val_loss), "optimizer": optimizer_state,
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "rng_per_rank": gathered, "warned": sorted(self.warned), "world_size": self.dist.world_size}
 
@@ -637,7 +647,9 @@ class Trainer:
         """Write one checkpoint and link it as step-N, best and/or last (only what is asked)."""
         if not (periodic or best or last):
             return
-        state = self._training_state()  # collective under DDP: every process takes part
+        # collectives under DDP/FSDP: every process takes part
+        weights, optimizer_state = ckpt.full_state(self.model, self.optimizer, self.sharded)
+        state = self._training_state(optimizer_state)
         if not self.is_main:
             return
         checkpoints = self.run_dir / "checkpoints"
@@ -650,7 +662,7 @@ class Trainer:
         if tokenizer_dir.is_dir():
             files = {p.name: p for p in tokenizer_dir.iterdir() if p.is_file()}
         first = targets[0]
-        ckpt.save_training_checkpoint(first, self.model, state, extra, files)
+        ckpt.save_training_checkpoint(first, self.model_config, weights, state, extra, files)
         for target in targets[1:]:
             ckpt.link_checkpoint(first, target)
         if periodic:
