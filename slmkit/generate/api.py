@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -15,6 +16,19 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.generate.config import GenerationConfig
 from slmkit.generate.engine import Generation, sample
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def lean_decoder(model, compile: bool = False):
+    """The model's LeanDecoder; a compiled one is kept with the model so that it compiles once."""
+    from slmkit.generate.fast import LeanDecoder
+
+    if not compile:
+        return LeanDecoder(model)
+    if model not in _COMPILED:
+        _COMPILED[model] = LeanDecoder(model, compile=True)
+    return _COMPILED[model]
 
 
 def resolve_config(config: GenerationConfig | str | None = None, **overrides) -> GenerationConfig:
@@ -85,7 +99,7 @@ def _check_ids(prompts: list[list[int]], vocab_size: int) -> None:
 def generate(model, prompt, config: GenerationConfig | str | None = None, *, tokenizer=None,
              eot_id: int | None = None, pad_id: int | None = None, skip_special_tokens: bool = True,
              on_text: Callable[[int, str], None] | None = None, on_token: Callable[[int, int], None] | None = None,
-             decode_step=None, **overrides):
+             compile: bool = False, **overrides):
     """Continue `prompt` with `model`.
 
     prompt: a string, a list of token ids, or a list of strings / id lists (a batch, left-padded;
@@ -93,7 +107,8 @@ def generate(model, prompt, config: GenerationConfig | str | None = None, *, tok
     "coherent", "deterministic", "greedy") or None; keyword overrides (max_new_tokens=..., top_p=...)
     change single fields. The tokenizer defaults to the one saved with the checkpoint; eot_id and
     pad_id default to the tokenizer's. on_text(row, text) receives text as it becomes final,
-    on_token(row, id) each token.
+    on_token(row, id) each token. compile=True runs the decode steps through torch.compile (a
+    one-time compile per batch size; worth it for long generations).
 
     Returns a Generation for a single prompt, a list (one per prompt) for a batch; with
     num_return_sequences > 1 each of those becomes a list of Generations (beam search: best first).
@@ -120,7 +135,7 @@ def generate(model, prompt, config: GenerationConfig | str | None = None, *, tok
             flat = [p for p in prompts for _ in range(copies)]
             outputs = sample(model, flat, config, eot_id=eot_id, pad_id=pad_id, tokenizer=tokenizer,
                              on_token=on_token, on_text=on_text, skip_special_tokens=skip_special_tokens,
-                             decode_step=decode_step)
+                             decoder=lean_decoder(model, compile) if compile else None)
             results = [outputs[i * copies:(i + 1) * copies] for i in range(len(prompts))]
     finally:
         model.train(was_training)

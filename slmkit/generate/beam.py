@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from slmkit.generate.engine import Generation, StopChecker, left_pad, prepare_prompts
+from slmkit.generate.fast import LeanDecoder
 from slmkit.generate.sampling import NEG_INF, apply_penalties
 
 LARGE = 1.0e9
@@ -51,6 +52,7 @@ def beam_search(model, prompts: list[list[int]], config, *, eot_id: int | None =
     improvable = torch.ones((batch, 1), dtype=torch.bool, device=device)
     batch_offset = torch.arange(batch, device=device)[:, None] * beams
 
+    decoder = LeanDecoder(model)
     cache = model.new_cache(batch * beams, max(max_length - 1, width))
     logits = model(running[:, :, :width].reshape(batch * beams, width), cache=cache, pad_offsets=flat_pad)[:, -1]
     column = width
@@ -102,7 +104,7 @@ def beam_search(model, prompts: list[list[int]], config, *, eot_id: int | None =
         if not (bool(improvable.any()) and open_beams and not bool(ends.all())):
             break
         cache.reorder(cache_rows)
-        logits = model(running[:, :, column - 1].reshape(-1, 1), cache=cache, pad_offsets=flat_pad)[:, -1]
+        logits = decoder.step(running[:, :, column - 1].reshape(-1, 1), cache, flat_pad)[:, -1]
 
     results = []
     for b in range(batch):

@@ -180,13 +180,13 @@ def _generator(config, device) -> torch.Generator | None:
 def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None, pad_id: int | None = None,
            tokenizer=None, on_token: Callable[[int, int], None] | None = None,
            on_text: Callable[[int, str], None] | None = None, skip_special_tokens: bool = True,
-           decode_step=None) -> list[Generation]:
+           decoder=None) -> list[Generation]:
     """Decode every prompt (token ids) with `config` (num_beams 1); one Generation per prompt.
 
     on_token(row, token) is called for each accepted token, on_text(row, text) with each piece of text
-    that is safe to show (needs a tokenizer). Temperature 0 is greedy. decode_step, when given,
-    replaces the one-token step (default: `LeanDecoder(model).step`, equal to `model(tokens, cache=...,
-    pad_offsets=...)` with less overhead; pass that lambda to use the model's forward itself).
+    that is safe to show (needs a tokenizer). Temperature 0 is greedy. decoder: what runs the one-token
+    steps (default `LeanDecoder(model)`, equal to `model(tokens, cache=..., pad_offsets=...)` with less
+    overhead; a static or compiled one gets a cache of the full context, so its shapes never change).
     """
     context = model.config.context_length
     rows = prepare_prompts(prompts, config, context, eot_id)
@@ -204,12 +204,14 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
     history[:, :width] = prompt_tokens
     pad_offsets = pad_offsets.to(device) if pad_offsets is not None else None
     history_pad = pad_offsets
-    capacity = max(min(total - 1, context), width)  # steps the model will read
-    cache = model.new_cache(batch, capacity)
-    if decode_step is None:
+    if decoder is None:
         from slmkit.generate.fast import LeanDecoder
 
-        decode_step = LeanDecoder(model).step
+        decoder = LeanDecoder(model)
+    capacity = max(min(total - 1, context), width)  # steps the model will read
+    if decoder.static:
+        capacity = context
+    cache = model.new_cache(batch, capacity)
     logits = model(history[:, :width], cache=cache, pad_offsets=pad_offsets)[:, -1]
     uses_penalties = (config.repetition_penalty != 1.0 or config.presence_penalty or config.frequency_penalty
                       or config.no_repeat_ngram_size > 0)
@@ -247,7 +249,7 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
             cache = model.new_cache(batch, capacity)
             logits = model(kept_tokens.to(device), cache=cache, pad_offsets=pad_offsets)[:, -1]
         else:
-            logits = decode_step(feed, cache, pad_offsets)[:, -1]
+            logits = decoder.step(feed, cache, pad_offsets)[:, -1]
     finish_rows(states, on_text)
     for state in states:
         if tokenizer is not None and state.text is None:
