@@ -178,3 +178,37 @@ def test_memorising_run_logs_warnings_that_reach_the_report(tmp_path):
     kinds = [e["kind"] for e in train_events(run, "warning")]
     assert "near_zero_loss" in kinds
     assert "near_zero_loss" in (run / "report.md").read_text()
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(data_dir, tmp_path, monkeypatch):
+    import slmkit.train.trainer as trainer_module
+
+    class BrokenCompiled(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("backend compiler failed")
+
+    monkeypatch.setattr(trainer_module, "compile_model", lambda model, enabled: BrokenCompiled(model) if enabled else model)
+    eager = tmp_path / "eager"
+    train(data_dir, eager, overrides=tiny_overrides(data_dir, max_steps=3, eval_interval=0), quiet=True, report=False)
+    compiled = tmp_path / "compiled"
+    with pytest.warns(UserWarning, match="torch.compile failed .*backend compiler failed.*eager"):
+        train(data_dir, compiled, overrides=tiny_overrides(data_dir, max_steps=3, eval_interval=0, compile=True),
+              quiet=True, report=False)
+    assert [e["loss"] for e in train_events(compiled)] == [e["loss"] for e in train_events(eager)]
+
+
+def test_tokens_per_step_sets_accumulation_and_max_tokens_caps_the_steps(data_dir, tmp_path):
+    from slmkit.train import Trainer, resolve_configs
+
+    model, config = resolve_configs(overrides=tiny_overrides(data_dir, tokens_per_step=512, max_tokens=5000))
+    trainer = Trainer(data_dir, tmp_path / "run", model, config)
+    assert trainer.config.grad_accum == 4 and trainer.tokens_per_step == 512
+    assert trainer.config.max_steps == 10  # ceil(5000 / 512)
+    model, config = resolve_configs(overrides=tiny_overrides(data_dir, tokens_per_step=500))
+    with pytest.raises(SlmError, match="tokens_per_step = 500 is not a multiple of .* 128; use a multiple, e.g. 512"):
+        Trainer(data_dir, tmp_path / "run", model, config)
+    assert not (tmp_path / "run").exists()

@@ -51,7 +51,7 @@ def quickstart(minutes: float = 3.0, data_dir: str | Path = "data/shakespeare-bp
     run_dir = _free_run_dir(Path(out))
     say(f"[2/3] training the nano preset for {minutes:g} minutes into {run_dir}")
     settings = [f"train.time_budget={minutes * 60}", "train.max_steps=1000000", "train.warmup_steps=30",
-                "train.eval_interval=100", "train.checkpoint_interval=0", "train.samples=3",
+                "train.eval_interval=100", "train.eval_batches=4", "train.checkpoint_interval=0", "train.samples=3",
                 "train.sample_tokens=120"]
     result = train(dataset.dir, run_dir, preset="nano", overrides=[*settings, *overrides], quiet=quiet)
     say("[3/3] done")

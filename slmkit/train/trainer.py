@@ -576,7 +576,8 @@ class Trainer:
         config, setup = self.config, self.setup
         batch_size = config.eval_batch_size or config.batch_size
         shard = self.dist.enabled and config.parallelism != "fsdp"  # FSDP forwards are collective
-        totals = torch.zeros(2, device=setup.device, dtype=torch.float64)
+        totals = torch.zeros(2, device=setup.device,  # MPS has no float64
+                             dtype=torch.float32 if setup.device.type == "mps" else torch.float64)
         self.model.eval()
         try:
             for index, (x, y) in enumerate(self.data.eval_batches(split, batch_size, self.seq_len, config.eval_batches)):
@@ -585,7 +586,7 @@ class Trainer:
                 x, y = x.to(setup.device), y.to(setup.device)
                 with setup.autocast():
                     loss = language_model_loss(self.compiled, x, y, reduction="sum")
-                totals[0] += loss.double()
+                totals[0] += loss.to(totals.dtype)
                 totals[1] += (y != -1).sum()
         finally:
             self.model.train()
