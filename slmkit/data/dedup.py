@@ -43,13 +43,12 @@ def skeleton(text: str | bytes | np.ndarray) -> np.ndarray:
     """The spelling-insensitive skeleton of `text` (str, or its UTF-8 bytes) as uint8 codes (see module doc)."""
     if isinstance(text, str):
         text = text.encode("utf-8", "replace")
-    codes = _TABLE[np.frombuffer(text, dtype=np.uint8) if isinstance(text, bytes) else text]
-    codes = codes[codes != 0]
+    codes = _TABLE.take(np.frombuffer(text, dtype=np.uint8) if isinstance(text, bytes) else text)
     if len(codes) == 0:
         return codes
-    keep = np.empty(len(codes), dtype=bool)
-    keep[0] = True
-    np.not_equal(codes[1:], codes[:-1], out=keep[1:])
+    # One pass: drop vowels (code 0) and a letter equal to the one before it (doubled letters).
+    keep = codes != 0
+    keep[1:] &= codes[1:] != codes[:-1]
     return codes[keep]
 
 
@@ -72,11 +71,11 @@ def shingle_hashes(text: str | bytes, shingle_chars: int = SHINGLE_CHARS, min_co
     padded[: len(codes)] = codes
     words = np.ndarray((len(codes) + 9,), dtype="<u8", buffer=padded, strides=(1,))  # words[i] = bytes i..i+7
     first_bytes = min(shingle_chars, 8)
-    h = words[starts]
+    h = np.take(words, starts)
     if first_bytes < 8:
         h &= np.uint64((1 << (8 * first_bytes)) - 1)
     if shingle_chars > 8:
-        h = h * _MIX + (words[starts + 8] & np.uint64((1 << (8 * (shingle_chars - 8))) - 1))
+        h = h * _MIX + (np.take(words, starts + 8) & np.uint64((1 << (8 * (shingle_chars - 8))) - 1))
     h *= _MIX
     h ^= h >> np.uint64(29)
     return h * _MIX

@@ -40,21 +40,21 @@ def ngram_hashes(tokens: np.ndarray, n: int, eot_id: int, rate: int, chunk: int 
     """
     kept = []
     total = len(tokens)
-    threshold = np.uint64(((1 << 64) - 1) // max(rate, 1))
+    threshold = np.uint32(((1 << 32) - 1) // max(rate, 1))
     for start in range(0, max(total - n + 1, 0), chunk):
         window = np.asarray(tokens[start : min(start + chunk + n - 1, total)])
         count = len(window) - n + 1
         if count <= 0:
             break
-        if rate > 1:
-            key = window[:count].astype(np.uint64) * _PRIME + window[1 : count + 1]
-            key *= _MIX
-            key ^= key >> np.uint64(31)
-            key *= _MIX
+        if rate > 1:  # a 32-bit mix of the first two tokens decides (cheap; only the choice, not the hash)
+            key = window[:count].astype(np.uint32) * np.uint32(0x9E3779B1) + window[1 : count + 1]
+            key ^= key >> np.uint32(15)
+            key *= np.uint32(0x2C1B3C6D)
+            key ^= key >> np.uint32(12)
             starts = np.flatnonzero(key <= threshold)
         else:
             starts = np.arange(count)
-        eots = np.zeros(len(window) + 1, dtype=np.int64)
+        eots = np.zeros(len(window) + 1, dtype=np.int32)
         np.cumsum(window == eot_id, out=eots[1:])
         starts = starts[eots[starts + n] == eots[starts]]
         h = np.zeros(len(starts), dtype=np.uint64)

@@ -375,15 +375,17 @@ class _Builder:
             pool = multiprocessing.get_context(method).Pool(
                 self.workers, initializer=init_worker, initargs=(self.clean, tokenizer, self.dtype.name)
             )
-        else:
-            local = DocumentProcessor(self.clean, self.tokenizer, self.dtype)
+        local = DocumentProcessor(self.clean, self.tokenizer, self.dtype)
         try:
             pending: deque = deque()
             # Validation sources first, so that a document in both keeps its validation copy.
             order = sorted(range(len(self.sources)), key=lambda i: not self.is_val_source[i])
+            count = 0
             for index in order:
                 for batch, size in self._batches(self.sources[index], self.source_stats[index]):
-                    if pool is None:
+                    count += 1
+                    # The main process takes every (workers + 1)-th batch itself rather than wait idle.
+                    if pool is None or count % (self.workers + 1) == 0:
                         pending.append((index, size, local.process(batch)))
                     else:
                         pending.append((index, size, pool.apply_async(process_in_worker, (batch,))))

@@ -213,8 +213,9 @@ class BPETokenizer(Tokenizer):
         lengths = np.zeros(self.vocab_size, dtype=np.int64)
         special = self.special_ids()
         if self.encoding is not None:
-            for token, index in self.encoding._mergeable_ranks.items():
-                lengths[index] = len(token)
+            ranks = self.encoding._mergeable_ranks
+            indices = np.fromiter(ranks.values(), dtype=np.int64, count=len(ranks))
+            lengths[indices] = np.fromiter(map(len, ranks), dtype=np.int64, count=len(ranks))
         else:
             to_byte = unicode_to_bytes()
             for token, index in self.hf.get_vocab(with_added_tokens=False).items():
