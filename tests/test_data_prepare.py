@@ -102,11 +102,12 @@ def test_filters_are_counted_and_exact_duplicates_dropped(tmp_path):
     (folder / "short.txt").write_text("too short")
     (folder / "empty.txt").write_text("   \n")
     (folder / "error.html").write_text("<html><head><title>404 Not Found</title></head><body>nginx</body></html>")
+    (folder / "error.txt").write_text("404: Not Found")
     (folder / "minified.js").write_text("var a=1;" * 5000)
     (folder / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00" + bytes(range(256)) * 4)
     ds = run([str(folder)], tmp_path / "ds", val=1)
     f = ds.meta["filters"]
-    assert (f["exact_duplicate"], f["too_short"], f["empty"], f["error_page"], f["long_lines"], f["binary"]) == (1, 1, 1, 1, 1, 1)
+    assert (f["exact_duplicate"], f["too_short"], f["empty"], f["error_page"], f["long_lines"], f["binary"]) == (1, 1, 1, 2, 1, 1)
     assert f["documents_kept"] == 5
 
 

@@ -17,7 +17,7 @@ from slmkit.errors import SlmError
 
 ENCODING_POLICIES = ("strict", "replace", "skip")
 # Filter names, in the order they are checked (also the keys of meta.json "filters").
-FILTERS = ("binary", "decode_error", "empty", "too_short", "error_page", "long_lines", "garbled")
+FILTERS = ("binary", "decode_error", "empty", "error_page", "too_short", "long_lines", "garbled")
 
 _ERROR_PAGE = re.compile(
     r"\A\s*(?:<!doctype html[^>]*>\s*)?(?:<html[^>]*>\s*)?(?:<head>\s*)?(?:<title>\s*)?"
@@ -75,10 +75,10 @@ def garbage_reason(text: str, options: CleanOptions, replaced: bool, data: bytes
     """Name of the filter `text` fails (after decoding), or None. `data`: its UTF-8 bytes, if at hand."""
     if not text:
         return "empty"
-    if len(text) < options.min_chars:
-        return "too_short"
     if len(text) <= ERROR_PAGE_MAX_CHARS and _ERROR_PAGE.match(text):
         return "error_page"
+    if len(text) < options.min_chars:
+        return "too_short"
     lines = text.count("\n") + 1
     if len(text) / lines > options.max_mean_line_chars:
         return "long_lines"

@@ -191,7 +191,7 @@ class BPETokenizer(Tokenizer):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if self.encoding is not None:
-            return self.encoding.encode_ordinary_batch(list(texts), num_threads=1)
+            return self.encoding.encode_ordinary_batch(list(texts))
         return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
 
     def encode_to_array(self, text: str, dtype=np.uint32) -> np.ndarray:
