@@ -394,12 +394,12 @@ class Trainer:
         result = TrainResult(self.run_dir)
         previous_handlers = self._install_signal_handlers()
         progress = self._progress_bar()
-        session_start = time.time()
+        self._session_start = session_start = time.time()
         last_log_time, last_log_tokens = session_start, self.tokens
         last_eval_step = -1
         try:
             while self.step < config.max_steps:
-                elapsed = self.elapsed + time.time() - session_start
+                elapsed = self.elapsed_time()
                 effective_step = self.step
                 if config.time_budget:
                     effective_step = max(self.step, elapsed / config.time_budget * config.max_steps)
@@ -428,7 +428,7 @@ class Trainer:
                                grad_norm=grad_norm)
                     last_log_time, last_log_tokens = now, self.tokens
                     self._show_progress(progress, loss, config.lr * factor, rate, mfu,
-                                        self.elapsed + now - session_start)
+                                        self.elapsed_time())
                 evaluate_now = config.eval_interval and self.step % config.eval_interval == 0
                 if evaluate_now:
                     self._evaluate_and_checkpoint(periodic=self._periodic_due())
@@ -438,8 +438,6 @@ class Trainer:
                 if self.on_step is not None:
                     self.on_step(self)
             # -- the end: a final evaluation and checkpoint, or an interrupted one --------------
-            self.elapsed += time.time() - session_start
-            session_start = time.time()
             if self._stop_requested:
                 result.interrupted = True
                 result.stop_reason = self._stop_requested
@@ -454,7 +452,7 @@ class Trainer:
                     self._save(periodic=self.config.checkpoint_interval > 0, best=False, last=True)
                 if self.is_main:
                     logger.log("end", self.step, tokens=self.tokens, reason=result.stop_reason,
-                               wall_time=round(self.elapsed, 2))
+                               training_time=round(self.elapsed_time(), 2))
         except SlmError:
             if self.is_main and not self.resume and not (self.run_dir / "checkpoints").exists():
                 if logger is not None:
@@ -472,9 +470,14 @@ class Trainer:
         result.step, result.tokens = self.step, self.tokens
         result.final_eval = self.evals[-1] if self.evals else None
         result.best_val_loss = None if math.isinf(self.best_val_loss) else self.best_val_loss
-        result.wall_time = self.elapsed
+        result.wall_time = self.elapsed_time()
         result.warnings = sorted(self.warned)
         return result
+
+    def elapsed_time(self) -> float:
+        """Seconds of training so far, earlier sessions of a resumed run included."""
+        start = getattr(self, "_session_start", None)
+        return self.elapsed + (time.time() - start if start is not None else 0.0)
 
     def _periodic_due(self) -> bool:
         interval = self.config.checkpoint_interval
@@ -639,7 +642,7 @@ class Trainer:
             torch.distributed.all_gather_object(gathered, rng)
         else:
             gathered = [rng]
-        return {"step": self.step, "tokens": self.tokens, "elapsed": float(self.elapsed),
+        return {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed_time(),
                 "best_val_loss": float(self.best_val_loss), "optimizer": optimizer_state,
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
                 "rng_per_rank": gathered, "warned": sorted(self.warned), "world_size": self.dist.world_size}
