@@ -68,3 +68,17 @@ def test_large_buckets_of_similar_documents_stay_linear_and_are_grouped():
     for a, b, _ in pairs:
         union.union(a, b)
     assert len({union.find(i) for i in range(len(texts))}) == 1
+
+
+def test_batch_minhash_equals_one_document_at_a_time():
+    from slmkit.data.dedup import minhash_batch
+
+    texts = [make_text(i, words) for i, words in enumerate([3, 20, 60, 150, 400, 2000] * 2)]
+    texts += ["", "a b", "Ünïcödé façade " * 40, "x\x00y " * 100]
+    signatures, valid = minhash_batch(texts)
+    for text, signature, ok in zip(texts, signatures, valid):
+        alone = minhash(text)
+        assert (alone is not None) == ok
+        if ok:
+            assert np.array_equal(alone, signature)
+    assert valid.sum() >= 10 and not valid[-4]

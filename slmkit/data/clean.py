@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from slmkit.data.dedup import NUM_PERM, content_hash, minhash
+from slmkit.data.dedup import NUM_PERM, content_hash, minhash_batch
 from slmkit.data.sources import JSONL, STR, TEXT, RawItem
 from slmkit.errors import SlmError
 
@@ -162,7 +162,7 @@ class DocumentProcessor:
             yield (name, text, reason, replaced, data) if with_bytes else (name, text, reason, replaced)
 
     def process(self, items: list[RawItem]) -> list[DocResult]:
-        results = []
+        results, kept_data = [], []
         eot = np.array([self.tokenizer.eot_id], dtype=self.dtype) if self.tokenizer else None
         for item in items:
             for name, text, reason, replaced, data in self.clean_texts(item, with_bytes=True):
@@ -171,12 +171,16 @@ class DocumentProcessor:
                     continue
                 result = DocResult(name, item.group, None, n_bytes=len(data), hash=content_hash(data),
                                    replaced=replaced)
-                if self.options.near_dup:
-                    result.signature = minhash(data, self.options.num_perm)
                 if self.tokenizer is not None:
                     ids = self.tokenizer.encode_to_array(text, np.uint32)
                     result.tokens = np.concatenate([ids.astype(self.dtype, copy=False), eot])
                 results.append(result)
+                kept_data.append(data)
+        if self.options.near_dup and kept_data:  # one vectorised MinHash pass over the batch
+            signatures, valid = minhash_batch(kept_data, self.options.num_perm)
+            kept = (r for r in results if r.reason is None)
+            for result, signature, ok in zip(kept, signatures, valid):
+                result.signature = signature if ok else None
         return results
 
 

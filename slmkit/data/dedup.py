@@ -23,8 +23,12 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 _PRIME = np.uint64(1099511628211)
 
 
+_SEPARATOR = b"\x00"  # between documents in a batch; the table gives it a code of its own
+
+
 def _skeleton_table() -> np.ndarray:
     table = np.full(256, ord(" "), dtype=np.uint8)
+    table[0] = 1
     for c in range(128, 256):  # bytes of non-ASCII characters: kept (non-Latin scripts still shingle)
         table[c] = c
     for c in b"0123456789bcdfghklmnpqrstwxz":
@@ -84,21 +88,98 @@ def shingle_hashes(text: str | bytes, shingle_chars: int = SHINGLE_CHARS, min_co
 def minhash(text: str | bytes, num_perm: int = NUM_PERM, shingle_chars: int = SHINGLE_CHARS) -> np.ndarray | None:
     """A MinHash signature (uint32[num_perm]) of `text` by one-permutation hashing with rotation
     densification; None when the text has too few shingles to compare (under MIN_SHINGLES)."""
-    h = shingle_hashes(text, shingle_chars, 2 * num_perm)
-    if len(h) < MIN_SHINGLES:
-        return None
+    signatures, valid = minhash_batch([text], num_perm, shingle_chars)
+    return signatures[0] if valid[0] else None
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for each (s, n), without a Python loop."""
+    lengths = np.maximum(lengths, 0)
+    total = int(lengths.sum())
+    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + (np.arange(total) - offsets)
+
+
+def minhash_batch(texts, num_perm: int = NUM_PERM, shingle_chars: int = SHINGLE_CHARS):
+    """MinHash signatures of many documents at once: (signatures uint32[n, num_perm], valid bool[n]).
+
+    The documents' skeletons are built in one buffer (separated by a code no text produces) and hashed,
+    binned and densified with whole-array operations, so a batch of short documents costs about what
+    one long document of the same size does. Row i equals `minhash(texts[i])`; `valid[i]` is False
+    where that is None (too few shingles).
+    """
     bits = int(num_perm).bit_length() - 1
     if 1 << bits != num_perm:
         raise ValueError(f"num_perm must be a power of two, not {num_perm}")
-    bins = (h >> np.uint64(64 - bits)).astype(np.intp)
-    mins = np.full(num_perm, _EMPTY, dtype=np.uint64)
-    np.minimum.at(mins, bins, h & np.uint64((1 << (64 - bits)) - 1))
+    if not 1 <= shingle_chars <= 16:
+        raise ValueError(f"shingle_chars must be 1..16, not {shingle_chars}")
+    datas = [t.encode("utf-8", "replace") if isinstance(t, str) else t for t in texts]
+    n = len(datas)
+    signatures = np.zeros((n, num_perm), dtype=np.uint32)
+    if n == 0:
+        return signatures, np.zeros(0, dtype=bool)
+    lengths = np.array([len(d) for d in datas], dtype=np.int64)
+    raw_starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    codes = _TABLE.take(np.frombuffer(_SEPARATOR.join(datas), dtype=np.uint8))
+    keep = codes != 0
+    keep[1:] &= codes[1:] != codes[:-1]
+    kept = np.flatnonzero(keep)
+    codes = codes[kept]
+    doc_start = np.searchsorted(kept, raw_starts)  # each document's span in the skeleton
+    doc_end = np.searchsorted(kept, raw_starts + lengths)
+    in_doc = np.zeros(len(codes), dtype=bool)
+    in_doc[_ranges(doc_start, doc_end - doc_start)] = True
+
+    # Shingles start after a space; documents with few such starts use every position instead.
+    spaces = np.flatnonzero((codes == ord(" ")) & in_doc)
+    starts = spaces + 1
+    owner = _owner(spaces, doc_start, doc_end) if len(spaces) else spaces
+    ok = starts + shingle_chars <= doc_end[owner]
+    starts, owner = starts[ok], owner[ok]
+    per_doc = np.bincount(owner, minlength=n)
+    short = per_doc < 2 * num_perm
+    if short.any():
+        long_doc = ~short[owner]
+        starts, owner = starts[long_doc], owner[long_doc]
+        docs = np.flatnonzero(short)
+        count = doc_end[docs] - doc_start[docs] - shingle_chars + 1
+        starts = np.concatenate([starts, _ranges(doc_start[docs], count)])
+        owner = np.concatenate([owner, np.repeat(docs, np.maximum(count, 0))])
+    valid = np.bincount(owner, minlength=n) >= MIN_SHINGLES
+
+    padded = np.zeros(len(codes) + 16, dtype=np.uint8)
+    padded[: len(codes)] = codes
+    words = np.ndarray((len(codes) + 9,), dtype="<u8", buffer=padded, strides=(1,))  # words[i] = bytes i..i+7
+    h = np.take(words, starts)
+    first_bytes = min(shingle_chars, 8)
+    if first_bytes < 8:
+        h &= np.uint64((1 << (8 * first_bytes)) - 1)
+    if shingle_chars > 8:
+        h = h * _MIX + (np.take(words, starts + 8) & np.uint64((1 << (8 * (shingle_chars - 8))) - 1))
+    h *= _MIX
+    h ^= h >> np.uint64(29)
+    h *= _MIX
+
+    flat = owner * num_perm + (h >> np.uint64(64 - bits)).astype(np.intp)
+    mins = np.full(n * num_perm, _EMPTY, dtype=np.uint64)
+    np.minimum.at(mins, flat, h & np.uint64((1 << (64 - bits)) - 1))
+    mins = mins.reshape(n, num_perm)
     empty = mins == _EMPTY
-    if empty.any():  # borrow the next filled bin's value, offset by the distance (densification)
-        filled = np.flatnonzero(~empty)
-        nxt = filled[np.searchsorted(filled, np.arange(num_perm)) % len(filled)]
-        mins = np.where(empty, mins[nxt] + (np.arange(num_perm, dtype=np.uint64) + np.uint64(1)) * _MIX, mins)
-    return (mins >> np.uint64(64 - bits - 32)).astype(np.uint32)
+    if empty.any():  # borrow the next filled bin's value (circularly), offset by the distance
+        position = np.arange(2 * num_perm)
+        filled = np.concatenate([~empty, ~empty], axis=1)
+        nearest = np.minimum.accumulate(np.where(filled, position, 2 * num_perm)[:, ::-1], axis=1)[:, ::-1]
+        source = nearest[:, :num_perm] % num_perm
+        offsets = (np.arange(num_perm, dtype=np.uint64) + np.uint64(1)) * _MIX
+        mins = np.where(empty, np.take_along_axis(mins, source, axis=1) + offsets, mins)
+    signatures[:] = (mins >> np.uint64(64 - bits - 32)).astype(np.uint32)
+    signatures[~valid] = 0
+    return signatures, valid
+
+
+def _owner(positions: np.ndarray, doc_start: np.ndarray, doc_end: np.ndarray) -> np.ndarray:
+    """Index of the document whose skeleton span [start, end) holds each position."""
+    return np.searchsorted(doc_start, positions, side="right") - 1
 
 
 def content_hash(text: str | bytes) -> bytes:
