@@ -390,3 +390,13 @@ def test_presets_and_unknown_preset():
 def test_out_of_vocabulary_ids_are_refused():
     with pytest.raises(SlmError, match=f"token id {VOCAB} is outside"):
         generate(tiny("llama"), [3, VOCAB], greedy(max_new_tokens=2))
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_same_tokens():
+    for family in CONFIGS:
+        model = tiny(family)
+        prompts = [ids(20, 3), ids(21, 6)]
+        config = greedy(max_new_tokens=10)
+        assert [g.tokens for g in generate(model, prompts, config, compile=True)] == \
+               [g.tokens for g in generate(model, prompts, config)]

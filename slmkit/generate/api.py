@@ -6,6 +6,7 @@ for a batch. The tokenizer is the one given, else the one saved beside the model
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import weakref
@@ -151,7 +152,8 @@ def stream(model, prompt, config: GenerationConfig | str | None = None, *, token
     Text that could still turn into a stop string, or an unfinished UTF-8 character, is held back
     until it is decided. Same arguments as `generate` (num_beams must be 1, one prompt).
     """
-    config = resolve_config(config, **{k: kwargs.pop(k) for k in list(kwargs) if hasattr(GenerationConfig, k)})
+    fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    config = resolve_config(config, **{k: kwargs.pop(k) for k in list(kwargs) if k in fields})
     if config.num_beams > 1 or config.num_return_sequences > 1:
         raise SlmError("streaming shows one sampled continuation; use num_beams 1 and num_return_sequences 1")
     tokenizer = tokenizer or model_tokenizer(model, required=True)

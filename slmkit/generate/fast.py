@@ -32,7 +32,11 @@ class LeanDecoder:
         config = self.config
         self.thetas = sorted({config.layer_rope_theta(i) for i in range(config.n_layers)})
         self.embed_scale = math.sqrt(config.d_model) if config.embedding_scale else None
-        self._core = torch.compile(self._forward, fullgraph=True, dynamic=False) if compile else self._forward
+        self._core = self._forward
+        if compile:
+            # One graph per batch size and model (cache shapes are fixed): more than dynamo's default 8.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            self._core = torch.compile(self._forward, fullgraph=True, dynamic=False)
 
     @torch.inference_mode()
     def step(self, tokens: torch.Tensor, cache, pad_offsets: torch.Tensor | None = None) -> torch.Tensor:
