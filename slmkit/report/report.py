@@ -93,7 +93,8 @@ def build_report(run_dir: str | Path) -> str:
         f"| batch | {config.get('tokens_per_step', 0):,} tokens per step ({train_config.get('batch_size')} x "
         f"{config.get('seq_len')} x {train_config.get('grad_accum')} accumulation x {config.get('world_size')} "
         f"process{'es' if config.get('world_size', 1) > 1 else ''}) |",
-        f"| steps | {last_step:,} of {train_config.get('max_steps'):,} |",
+        f"| steps | {last_step:,} of {train_config.get('max_steps'):,} |" if not train_config.get("time_budget") else
+        f"| steps | {last_step:,} (time budget {_duration(train_config['time_budget'])}) |",
         f"| tokens seen | {tokens:,} |",
         f"| wall time | {_duration(wall)} |",
         f"| device | {config.get('device')}, {config.get('precision')}"

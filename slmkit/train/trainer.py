@@ -678,7 +678,8 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.config.max_steps, initial=self.step, dynamic_ncols=True, leave=True)
+        total = None if self.config.time_budget else self.config.max_steps  # a time budget ends it first
+        return tqdm(total=total, initial=self.step, dynamic_ncols=True, leave=True, unit="step")
 
     def _print(self, text: str) -> None:
         if self.quiet or not self.is_main:
@@ -701,4 +702,5 @@ class Trainer:
             bar.n = self.step
             bar.set_postfix_str(text, refresh=True)
         else:
-            print(f"step {self.step}/{self.config.max_steps} {text}", flush=True)
+            of = "" if self.config.time_budget else f"/{self.config.max_steps}"
+            print(f"step {self.step}{of} {text}", flush=True)
