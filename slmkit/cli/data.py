@@ -131,7 +131,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=("uint16", "uint32"), help="token dtype (default: uint16 when the vocab fits)")
     p.add_argument("--chat-tokens", action="store_true", help="trained BPE: add <|im_start|> and <|im_end|>")
     p.add_argument("--tokenizer-train-bytes", type=int, default=1 << 30, help="text used to train bpe:/char")
-    p.add_argument("--workers", type=int, help="tokenizing processes (default: usable cores)")
+    p.add_argument("--workers", type=int, help="tokenizing processes (default: usable cores minus the load average, at least 1)")
     p.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_source_options(p)

@@ -14,7 +14,7 @@ import numpy as np
 
 LEAK_NGRAM_BYTES = 50
 LEAK_WARN_SHARE = 0.05
-MAX_TRAIN_NGRAMS = 250_000  # beyond this the train n-grams are sampled (rate > 1)
+MAX_TRAIN_NGRAMS = 100_000  # beyond this the train n-grams are sampled (rate > 1)
 _PRIME = np.uint64(1099511628211)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 

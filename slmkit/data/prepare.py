@@ -99,7 +99,7 @@ def prepare(
     near-duplicates of them are dropped). near_dup: "group" keeps near-duplicates on one side, "drop"
     keeps one of each group, "off" skips the check. encoding_errors: "strict" (stop), "replace", "skip".
     dtype: "uint16"/"uint32", default by vocabulary size. workers: tokenizing processes (default: the
-    usable cores). Raises SlmError for anything the user can fix, naming the value and the fix.
+    usable cores not busy with other work, see `default_workers`). Raises SlmError for anything the user can fix, naming the value and the fix.
     """
     from slmkit.data.loader import open_dataset
 
@@ -308,6 +308,18 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_workers() -> int:
+    """Tokenizing processes when none are asked for: the usable cores not already busy (cores minus the
+    1-minute load average, at least 1). On a machine other jobs keep busy, extra processes only add
+    start-up, copying and switching; 1 means the main process does the work itself."""
+    cores = usable_cores()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
 class _Builder:
     """One run of prepare; holds the per-document table while it is built."""
 
@@ -317,7 +329,7 @@ class _Builder:
         self.is_val_source = [False] * len(train_sources) + [True] * len(val_sources)
         self.tokenizer_arg = tokenizer
         self.tmp = tmp
-        self.workers = usable_cores() if workers is None else max(1, int(workers))
+        self.workers = default_workers() if workers is None else max(1, int(workers))
         self.progress = progress and sys.stderr.isatty() if progress == "auto" else bool(progress)
         self.clean = CleanOptions(
             encoding_errors=options.encoding_errors, min_chars=options.min_chars,

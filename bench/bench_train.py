@@ -1,0 +1,433 @@
+"""Training throughput: slmkit against Hugging Face transformers on the same config and batch.
+
+One invocation measures forward + backward + AdamW step tokens/s, and MFU against the matmul peak
+measured in the same run, for
+  - slmkit (slm-25m preset, Llama style) vs LlamaForCausalLM with the same config,
+  - slmkit GPT-2 style (d 384, 6 layers, 32K vocab, ~23M) vs GPT2LMHeadModel with the same config,
+in fp32 and bf16 autocast, eager and torch.compile, at batch 16 x 256 on random tokens (or windows
+of a prepared dataset with --data).
+
+Each case runs in its own subprocess, so no case inherits another's compiled code, allocator state
+or memory fragmentation. Each side runs as its user gets it out of the box: slmkit with the
+settings its trainer applies itself (slmkit.runtime.tune_allocator), Hugging Face with the glibc
+defaults. `--hf-allocator tuned` (or `both`) also gives Hugging Face slmkit's allocator setting, to
+separate what the allocator does from what the model code does.
+
+    .venv/bin/python bench/bench_train.py                       # everything, ~10 min on 2 cores
+    .venv/bin/python bench/bench_train.py --families llama --precisions bf16 --modes compile
+    .venv/bin/python bench/bench_train.py --write-docs          # also update docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NANOGPT_BEST_TUNED = 4159  # tokens/s, nanoGPT compiled bf16 with a tuned allocator on the reference CPU
+DOCS_SECTION = "## Training"
+
+
+# -- configs ----------------------------------------------------------------------------------
+def model_config(family: str, seq: int):
+    """The slmkit ModelConfig of a benchmark family: slm-25m, or a GPT-2 of the same size."""
+    from slmkit.config import load_model_config
+    from slmkit.model.config import ModelConfig
+
+    if family == "llama":
+        return load_model_config(preset="slm-25m")
+    return ModelConfig(
+        name="gpt2-23m", family="gpt2", vocab_size=32000, context_length=max(seq, 256), n_layers=6, d_model=384,
+        n_heads=6, mlp="gelu", d_mlp=1536, norm="layernorm", norm_bias=True, position="learned",
+        attention_bias=True, mlp_bias=True, tie_embeddings=True,
+    )
+
+
+def build_model(family: str, impl: str, seq: int):
+    import torch
+
+    config = model_config(family, seq)
+    torch.manual_seed(0)
+    if impl == "slmkit":
+        from slmkit.model.transformer import Transformer
+
+        return Transformer(config), config
+    import transformers
+
+    from slmkit.interop.hf_config import config_to_hf
+
+    hf = config_to_hf(config)
+    if family == "llama":
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf))
+    else:
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf))
+    return model, config
+
+
+# -- one case, in a worker process ------------------------------------------------------------
+def serve_case(case: dict, args) -> None:
+    """Build one case, then answer the driver: "step" runs one timed training step, "quit" reports."""
+    import torch
+
+    from slmkit import runtime
+
+    ablation = case.get("ablation")  # one slmkit speed-up turned off, to measure what it brings
+    allocator_tuned = case["allocator"] == "tuned"
+    if allocator_tuned:
+        runtime.tune_allocator()
+    if ablation == "attention":
+        from slmkit.model import layers
+
+        layers.plain_attention_is_faster = lambda q, k: False
+    model, config = build_model(case["family"], case["impl"], args.seq)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    batches = token_batches(args, config.vocab_size)
+    compiled = torch.compile(model) if case["mode"] == "compile" else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=case["precision"] == "bf16")
+
+    if case["impl"] == "slmkit" and ablation == "loss":
+        def loss_of(inputs, targets):  # full float32 logits, then F.cross_entropy
+            logits = compiled(inputs).float()
+            return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    elif case["impl"] == "slmkit":
+        from slmkit.train.loss import language_model_loss
+
+        def loss_of(inputs, targets):
+            return language_model_loss(compiled, inputs, targets)
+    else:
+        def loss_of(inputs, targets):  # HF shifts the labels itself; the last position is ignored
+            return compiled(input_ids=inputs, labels=inputs).loss
+
+    def step():
+        inputs, targets = next(batches)
+        with autocast:
+            loss = loss_of(inputs, targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    print("READY", flush=True)
+    times, losses = [], []
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        start = time.perf_counter()
+        losses.append(step())
+        times.append(time.perf_counter() - start)
+        print(f"STEP {times[-1]:.6f}", flush=True)
+    result = {**case, "step_seconds": times,
+              "losses": losses, "threads": torch.get_num_threads(),
+              "parameters": sum(p.numel() for p in model.parameters())}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+class Worker:
+    """A case's process, stepped on command so that cases can take turns step by step."""
+
+    def __init__(self, case: dict, args):
+        self.case, self.error, self.tokens = case, None, args.batch * args.seq
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(case),
+                   "--batch", str(args.batch), "--seq", str(args.seq)]
+        if args.data:
+            command += ["--data", str(args.data)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}  # glibc defaults
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=env)
+        self._expect("READY")
+
+    def _expect(self, word: str) -> str | None:
+        if self.error:
+            return None
+        for line in self.process.stdout:
+            if line.startswith(word):
+                return line[len(word):].strip()
+        self.error = " | ".join(self.process.stderr.read().strip().splitlines()[-3:]) or "worker exited"
+        return None
+
+    def step(self) -> float | None:
+        if self.error:
+            return None
+        try:
+            self.process.stdin.write("step\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            self.error = "worker exited"
+            return None
+        answer = self._expect("STEP")
+        return float(answer) if answer is not None else None
+
+    def finish(self, warmup: int) -> dict:
+        if not self.error:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.flush()
+            answer = self._expect("RESULT")
+        self.process.wait()
+        if self.error:
+            return {**self.case, "error": self.error}
+        result = json.loads(answer)
+        times = result["step_seconds"]
+        timed = times[warmup:]
+        median = statistics.median(timed)
+        result.update(tokens_per_second=self.tokens / median, step_ms=median * 1000,
+                      best_tokens_per_second=self.tokens / min(timed), first_step_s=times[0],
+                      warmup_s=sum(times[:warmup]))
+        return result
+
+
+def token_batches(args, vocab_size: int):
+    """Endless (inputs, targets) batches of shape (batch, seq): random tokens or dataset windows."""
+    import numpy as np
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    if args.data is None:
+        while True:
+            tokens = torch.randint(0, vocab_size, (args.batch, args.seq + 1), generator=generator)
+            yield tokens[:, :-1], tokens[:, 1:]
+    data_dir = Path(args.data)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    dtype = np.dtype(meta.get("dtype", "uint16"))
+    data = np.memmap(data_dir / "train.bin", dtype=dtype, mode="r")
+    if int(meta.get("vocab_size", 0)) > vocab_size:
+        raise SystemExit(f"{data_dir} has a vocab of {meta['vocab_size']} tokens; the benchmark models have "
+                         f"{vocab_size}. Prepare a dataset with a tokenizer of at most {vocab_size} tokens.")
+    while True:
+        starts = torch.randint(0, len(data) - args.seq - 1, (args.batch,), generator=generator).tolist()
+        tokens = torch.from_numpy(np.stack([data[s:s + args.seq + 1].astype(np.int64) for s in starts]))
+        yield tokens[:, :-1], tokens[:, 1:]
+
+
+# -- the driver -------------------------------------------------------------------------------
+def case_groups(args) -> list[list[dict]]:
+    """Cases that are compared with each other (same family, precision, mode), to be run in turns."""
+    hf_allocators = {"default": ["default"], "tuned": ["tuned"], "both": ["default", "tuned"]}[args.hf_allocator]
+    groups = []
+    for family in args.families:
+        for precision in args.precisions:
+            for mode in args.modes:
+                group = []
+                for impl in args.impls:
+                    for allocator in (["tuned"] if impl == "slmkit" else hf_allocators):
+                        group.append({"family": family, "impl": impl, "precision": precision, "mode": mode,
+                                      "allocator": allocator})
+                    if impl != "slmkit":
+                        continue
+                    for ablation in args.ablations:
+                        group.append({"family": family, "impl": impl, "precision": precision, "mode": mode,
+                                      "allocator": "default" if ablation == "allocator" else "tuned",
+                                      "ablation": ablation})
+                groups.append(group)
+    return groups
+
+
+def run_group(group: list[dict], args) -> list[dict]:
+    """Warm each case up in turn, then step them in turns (ABBA order), so that a change in the
+    machine's load during the group hits every case alike."""
+    workers = []
+    for case in group:
+        worker = Worker(case, args)
+        for _ in range(args.warmup):
+            worker.step()
+        workers.append(worker)
+    for round_index in range(args.steps):
+        for worker in workers if round_index % 2 == 0 else workers[::-1]:
+            worker.step()
+    return [worker.finish(args.warmup) for worker in workers]
+
+
+def measure_peaks() -> dict:
+    import torch
+
+    from slmkit.runtime import measure_matmul_peak
+
+    return {"fp32": measure_matmul_peak(torch.float32, "cpu", seconds=1.0),
+            "bf16": measure_matmul_peak(torch.bfloat16, "cpu", seconds=1.0)}
+
+
+def add_ratios_and_mfu(results: list[dict], peaks: dict, seq: int) -> None:
+    from slmkit.model.stats import model_stats
+
+    for r in results:
+        if "error" in r:
+            continue
+        flops = model_stats(model_config(r["family"], seq), context=seq).training_flops_per_token
+        r["mfu"] = r["tokens_per_second"] * flops / (peaks[r["precision"]] * 1e9)
+        r["model_gflop_per_s"] = r["tokens_per_second"] * flops / 1e9
+    for r in results:
+        if r["impl"] != "slmkit" or "error" in r:
+            continue
+        for peer in results:
+            same = all(peer[k] == r[k] for k in ("family", "precision", "mode")) and "error" not in peer
+            if same and peer["impl"] == "hf":
+                r[f"vs_hf_{peer['allocator']}"] = r["tokens_per_second"] / peer["tokens_per_second"]
+            if same and peer["impl"] == "slmkit" and not peer.get("ablation") and r.get("ablation"):
+                r["gain"] = peer["tokens_per_second"] / r["tokens_per_second"]
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    import transformers
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+NAMES = {("llama", "slmkit"): "slmkit slm-25m", ("llama", "hf"): "HF LlamaForCausalLM",
+         ("gpt2", "slmkit"): "slmkit GPT-2 23M", ("gpt2", "hf"): "HF GPT2LMHeadModel"}
+
+
+ABLATION_NAMES = {"allocator": ", glibc default allocator", "attention": ", SDPA attention",
+                  "loss": ", full-logits cross-entropy"}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| model | precision | mode | allocator | tokens/s | step ms | MFU | vs HF (default alloc.) "
+             "| vs HF (tuned alloc.) | slmkit's gain from it | first step s |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        name = NAMES[(r["family"], r["impl"])] + (ABLATION_NAMES[r["ablation"]] if r.get("ablation") else "")
+        if "error" in r:
+            lines.append(f"| {name} | {r['precision']} | {r['mode']} | {r['allocator']} | failed: "
+                         f"{r['error'][:120]} | | | | | | |")
+            continue
+        ratio = {k: f"{r[k]:.2f}x" if k in r else "" for k in ("vs_hf_default", "vs_hf_tuned", "gain")}
+        lines.append(
+            f"| {name} | {r['precision']} | {r['mode']} | {r['allocator']} | {r['tokens_per_second']:,.0f} "
+            f"| {r['step_ms']:,.0f} | {100 * r['mfu']:.1f}% | {ratio['vs_hf_default']} | {ratio['vs_hf_tuned']} "
+            f"| {ratio['gain']} | {r['first_step_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def docs_section(results, peaks, info, args, command: str, started: str, elapsed: float) -> str:
+    best = [r for r in results if r["impl"] == "slmkit" and r["family"] == "llama" and "error" not in r]
+    best_line = ""
+    if best:
+        top = max(best, key=lambda r: r["tokens_per_second"])
+        verdict = "meets" if top["tokens_per_second"] >= NANOGPT_BEST_TUNED else "is below"
+        best_line = (f"Best slmkit slm-25m figure: {top['tokens_per_second']:,.0f} tokens/s ({top['precision']}, "
+                     f"{top['mode']}); it {verdict} nanoGPT's best tuned figure on the reference CPU "
+                     f"({NANOGPT_BEST_TUNED:,} tokens/s, from issue 4, not measured in this run).\n\n")
+    data = f"windows of `{args.data}`" if args.data else "random tokens"
+    return (
+        f"{DOCS_SECTION}\n\n"
+        f"Forward + backward + AdamW step, batch {args.batch} x {args.seq} tokens, {data}; "
+        f"{args.warmup} warm-up steps then the median of {args.steps} timed steps. Each case runs in its own "
+        f"process. slmkit runs as its trainer runs (fused chunked cross-entropy, plain attention on CPU bf16, "
+        f"glibc allocator tuned by `slmkit.runtime.tune_allocator`); Hugging Face runs with its defaults "
+        f"(SDPA attention, full logits, glibc's default allocator) and, where shown, with slmkit's allocator "
+        f"setting too. MFU is model FLOPs (6N + attention, `slmkit.model.stats`) over the matmul peak measured "
+        f"in the same run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s.\n\n"
+        f"- Machine: {info['cpu']}, {info['cores']} cores (AVX512-BF16: {info['avx512_bf16']}), "
+        f"torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}, "
+        f"{info['threads']} threads\n"
+        f"- Date: {started} UTC; {elapsed / 60:.1f} min; load average at the end (1, 5, 15 min): "
+        f"{info['load_average']}\n"
+        f"- Command: `{command}`\n\n"
+        f"{table(results)}\n\n{best_line}"
+    )
+
+
+def write_docs(section: str, path: Path) -> None:
+    """Replace (or append) the "## Training" section of docs/benchmarks.md, leaving the others."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured by the scripts in bench/.\n"
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == DOCS_SECTION), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        rest = "".join(lines[end:])
+        new = "".join(lines[:start]) + section + ("\n" + rest if rest else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".md.tmp")
+    temporary.write_text(new.rstrip("\n") + "\n")
+    temporary.replace(path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", type=lambda s: s.split(","), default=["llama", "gpt2"],
+                        help="comma list of: llama (slm-25m), gpt2")
+    parser.add_argument("--impls", type=lambda s: s.split(","), default=["slmkit", "hf"])
+    parser.add_argument("--precisions", type=lambda s: s.split(","), default=["bf16", "fp32"])
+    parser.add_argument("--modes", type=lambda s: s.split(","), default=["compile", "eager"])
+    parser.add_argument("--hf-allocator", choices=["default", "tuned", "both"], default="default")
+    parser.add_argument("--ablations", type=lambda s: [a for a in s.split(",") if a], default=[],
+                        help="also run slmkit with one speed-up off, each of: allocator, attention, loss")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation happens here)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps; the median is reported")
+    parser.add_argument("--data", default=None, help="a prepared dataset directory (train.bin, meta.json)")
+    parser.add_argument("--write-docs", action="store_true", help="update the Training section of docs/benchmarks.md")
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for name, allowed in (("families", {"llama", "gpt2"}), ("impls", {"slmkit", "hf"}),
+                          ("precisions", {"fp32", "bf16"}), ("modes", {"eager", "compile"}),
+                          ("ablations", {"allocator", "attention", "loss"})):
+        wrong = set(getattr(args, name)) - allowed
+        if wrong:
+            parser.error(f"--{name}: unknown {sorted(wrong)}; choose from {sorted(allowed)}")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        sys.path.insert(0, str(ROOT))
+        serve_case(json.loads(args.worker), args)
+        return
+    sys.path.insert(0, str(ROOT))
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
+    clock = time.perf_counter()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    peaks = measure_peaks()
+    print(f"measured matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    results = []
+    for group in case_groups(args):
+        for result in run_group(group, args):
+            results.append(result)
+            label = " ".join(str(result.get(k) or "") for k in
+                             ("family", "impl", "precision", "mode", "allocator", "ablation"))
+            shown = result.get("error") or (f"{result['tokens_per_second']:,.0f} tokens/s "
+                                            f"(first step {result['first_step_s']:.1f} s)")
+            print(f"{label:40s} {shown}", flush=True)
+    add_ratios_and_mfu(results, peaks, args.seq)
+    info = machine()
+    print()
+    print(table(results))
+    command = "python bench/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    section = docs_section(results, peaks, info, args, command.strip(), started, time.perf_counter() - clock)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"peaks": peaks, "machine": info, "results": results}, indent=1))
+    if args.write_docs:
+        write_docs(section, ROOT / "docs" / "benchmarks.md")
+        print(f"\nwrote the {DOCS_SECTION!r} section of docs/benchmarks.md")
+
+
+if __name__ == "__main__":
+    main()
