@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -31,6 +30,7 @@ from slmkit.data.clean import FILTERS, CleanOptions, DocumentProcessor, init_wor
 from slmkit.data.dedup import DEFAULT_THRESHOLD, NUM_PERM, UnionFind, near_duplicate_pairs
 from slmkit.data.leak import leak_check
 from slmkit.data.sources import TEXT_EXTENSIONS, Source, SourceOptions, resolve_source
+from slmkit.data.split import assign_split, repeat_counts
 from slmkit.errors import SlmError
 from slmkit.tokenizer import Tokenizer, load_tokenizer, needs_training, tokenizer_health, train_tokenizer
 from slmkit.tokenizer.base import MANIFEST, write_json_atomic
@@ -512,13 +512,17 @@ class _Builder:
         # ---- split ----
         tokens_arr = np.frombuffer(doc_tokens, dtype=np.int64)
         sources_arr = np.frombuffer(doc_source, dtype=np.int64)
-        dest, dropped = self._split(roots, tokens_arr, sources_arr, doc_hashes, filters)
+        is_val_doc = np.array(self.is_val_source, dtype=bool)[sources_arr]
+        dest, split_counts = assign_split(roots, tokens_arr, is_val_doc, doc_hashes, options.val, options.seed,
+                                          drop_near_duplicates=options.near_dup == "drop")
+        filters.update(split_counts)
         group_sizes = np.bincount(roots, minlength=n_docs)
         near_dup_groups = int((group_sizes > 1).sum())
 
         # ---- write train.bin / val.bin ----
         t0 = time.perf_counter()
-        repeats = self._repeats(dest, sources_arr, doc_hashes)
+        weights = np.array([s.weight for s in self.sources])[sources_arr]
+        repeats = repeat_counts(dest, weights, doc_hashes)
         splits, per_source = self._write(dest, repeats, doc_offset, doc_tokens, doc_bytes, sources_arr)
         self.timings["write_s"] = round(time.perf_counter() - t0, 3)
 
@@ -603,74 +607,6 @@ class _Builder:
             "timings": self.timings,
             "machine": {"python": platform.python_version(), "platform": platform.platform(), "workers": self.workers},
         }
-
-    def _group_key(self, hashes: list[bytes], members) -> bytes:
-        seed = str(self.options.seed).encode()
-        return hashlib.blake2b(seed + min(hashes[i] for i in members), digest_size=8).digest()
-
-    def _split(self, roots, tokens, sources, hashes, filters) -> tuple[np.ndarray, int]:
-        """dest per document: 0 train, 1 val, -1 dropped (near-duplicate removed)."""
-        n = len(roots)
-        dest = np.zeros(n, dtype=np.int8)
-        order = np.argsort(roots, kind="stable")
-        bounds = np.flatnonzero(np.diff(roots[order])) + 1
-        groups = np.split(order, bounds)
-        is_val_source = np.array(self.is_val_source, dtype=bool)[sources]
-        dropped = 0
-        if self.options.near_dup == "drop":
-            for members in groups:
-                for i in members[1:]:
-                    dest[i] = -1
-                    filters["near_duplicate_dropped"] += 1
-                    dropped += 1
-            groups = [members[:1] for members in groups]
-        if is_val_source.any():
-            dest[is_val_source & (dest >= 0)] = 1
-            for members in groups:
-                if is_val_source[members].any() and not is_val_source[members].all():
-                    for i in members[~is_val_source[members]]:
-                        dest[i] = -1
-                        filters["near_duplicate_of_val"] += 1
-            if not (dest == 1).any():
-                raise SlmError("the validation sources gave no documents after filtering; check --val-source")
-        else:
-            keyed = sorted(groups, key=lambda m: self._group_key(hashes, m))
-            target = self.options.val
-            total = int(tokens[dest >= 0].sum())
-            fraction = target < 1
-            goal = target * total if fraction else int(target)
-            size = (lambda m: int(tokens[m].sum())) if fraction else len
-            taken = 0
-            for members in keyed:
-                if taken >= goal * (0.9 if fraction else 1):
-                    break
-                s = size(members)
-                if taken + s <= goal * (1.1 if fraction else 1):
-                    dest[members] = 1
-                    taken += s
-            if taken == 0:
-                smallest = min(keyed, key=size)
-                if len(keyed) > 1 and (not fraction or size(smallest) <= total / 2):
-                    dest[smallest] = 1
-                else:
-                    raise SlmError(
-                        f"the validation split is empty: the {n} documents form {len(keyed)} group(s) too large "
-                        f"for val={target}; add documents, raise --val, give --val-source, or cut files into "
-                        "documents with --doc-separator"
-                    )
-        if not (dest == 0).any():
-            raise SlmError("the training split is empty: every document went to validation; lower --val")
-        return dest, dropped
-
-    def _repeats(self, dest, sources, hashes) -> np.ndarray:
-        weights = np.array([s.weight for s in self.sources])[sources]
-        repeats = np.where(dest == 0, np.floor(weights), 1).astype(np.int64)
-        fractional = (dest == 0) & (weights != np.floor(weights))
-        for i in np.flatnonzero(fractional):
-            u = int.from_bytes(hashlib.blake2b(hashes[i], digest_size=8).digest(), "little") / 2**64
-            repeats[i] += u < weights[i] - math.floor(weights[i])
-        repeats[dest < 0] = 0
-        return repeats
 
     def _write(self, dest, repeats, offsets, lengths, doc_bytes, sources):
         scratch = np.memmap(self.tmp / "scratch_tokens.bin", dtype=self.dtype, mode="r") \
