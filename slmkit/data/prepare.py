@@ -21,7 +21,7 @@ import sys
 import time
 from array import array
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -320,6 +320,25 @@ def default_workers() -> int:
     return max(1, min(cores, int(cores - load + 0.5)))
 
 
+@dataclass
+class _Documents:
+    """Columns of the kept documents (one entry each, in corpus order) and the pass's counts."""
+
+    names: list[str] = field(default_factory=list)
+    hashes: list[bytes] = field(default_factory=list)
+    source: array = field(default_factory=lambda: array("q"))  # source index
+    offset: array = field(default_factory=lambda: array("q"))  # first token in the scratch file
+    tokens: array = field(default_factory=lambda: array("q"))  # tokens, end-of-text included
+    text_bytes: array = field(default_factory=lambda: array("q"))  # UTF-8 bytes of the text
+    signature_row: array = field(default_factory=lambda: array("q"))  # row in the signature file, or -1
+    group: dict[int, str] = field(default_factory=dict)  # pieces of one large file
+    n_signatures: int = 0
+    filters: Counter = field(default_factory=Counter)
+    per_source_filters: list[Counter] = field(default_factory=list)
+    decode_problems: int = 0
+    decode_problem_files: list[str] = field(default_factory=list)
+
+
 class _Builder:
     """One run of prepare; holds the per-document table while it is built."""
 
@@ -421,119 +440,110 @@ class _Builder:
             yield index, result
 
     def build(self) -> dict:
-        options = self.options
+        """Run every stage in the scratch folder; return meta.json's content."""
         start = time.perf_counter()
         tokenizer = self.tokenizer = self._tokenizer()
         tokenizer.save(self.tmp)
         vocab_size = tokenizer.vocab_size
-        if options.dtype == "uint16" and vocab_size > 65536:
+        if self.options.dtype == "uint16" and vocab_size > 65536:
             raise SlmError(f"vocab size {vocab_size} does not fit uint16 tokens; use --dtype uint32")
-        self.dtype = np.dtype(options.dtype or ("uint16" if vocab_size <= 65536 else "uint32"))
+        self.dtype = np.dtype(self.options.dtype or ("uint16" if vocab_size <= 65536 else "uint32"))
+
+        docs = self._collect()
+        roots, pairs = self._group(docs)
+        sources = np.frombuffer(docs.source, dtype=np.int64)
+        is_val_doc = np.array(self.is_val_source, dtype=bool)[sources]
+        dest, split_counts = assign_split(roots, np.frombuffer(docs.tokens, dtype=np.int64), is_val_doc,
+                                          docs.hashes, self.options.val, self.options.seed,
+                                          drop_near_duplicates=self.options.near_dup == "drop")
+        docs.filters.update(split_counts)
+        t0 = time.perf_counter()
+        weights = np.array([s.weight for s in self.sources])[sources]
+        repeats = repeat_counts(dest, weights, docs.hashes)
+        splits, per_source = self._write(dest, repeats, docs.offset, docs.tokens, docs.text_bytes, sources)
+        self.timings["write_s"] = round(time.perf_counter() - t0, 3)
+        health, leak = self._reports(tokenizer, splits, pairs, dest)
+        self.timings["total_s"] = round(time.perf_counter() - start, 3)
+        return self._meta(tokenizer, docs, roots, pairs, dest, splits, per_source, health, leak)
+
+    def _collect(self) -> _Documents:
+        """The pass over the sources: filter counts, and per kept document its scratch tokens,
+        signature and hash (the first of each exact duplicate kept)."""
         self.source_stats = [{"raw_bytes": 0, "sha256": None} for _ in self.sources]
         total_bytes = None
         if all(s.kind == "local" for s in self.sources):
             total_bytes = sum(p.stat().st_size for s in self.sources for p in s.paths)
-
-        # Per kept document: source, scratch token offset and length, text bytes, signature row, group key.
-        doc_source, doc_offset, doc_tokens, doc_bytes, doc_sig = (array("q") for _ in range(5))
-        doc_names: list[str] = []
-        doc_hashes: list[bytes] = []
-        doc_group: dict[int, str] = {}
-        seen: dict[bytes, int] = {}
-        filters: Counter = Counter()
-        per_source_filters = [Counter() for _ in self.sources]
-        decode_problems: list[str] = []
-        n_decode_problems = 0
-        n_sigs = 0
+        docs = _Documents(per_source_filters=[Counter() for _ in self.sources])
+        seen: set[bytes] = set()
         offset = 0
-        pass_start = time.perf_counter()
+        start = time.perf_counter()
         with open(self.tmp / "scratch_tokens.bin", "wb") as token_file, \
                 open(self.tmp / "scratch_signatures.bin", "wb") as sig_file:
             for source_index, result in self._results(self.tmp, total_bytes):
                 if result.replaced or result.reason == "decode_error":
-                    n_decode_problems += 1
-                    if len(decode_problems) < 100:
-                        decode_problems.append(result.name)
-                if result.reason is not None:
-                    filters[result.reason] += 1
-                    per_source_filters[source_index][result.reason] += 1
+                    docs.decode_problems += 1
+                    if len(docs.decode_problem_files) < 100:
+                        docs.decode_problem_files.append(result.name)
+                reason = result.reason or ("exact_duplicate" if result.hash in seen else None)
+                if reason is not None:
+                    docs.filters[reason] += 1
+                    docs.per_source_filters[source_index][reason] += 1
                     continue
-                if result.hash in seen:
-                    filters["exact_duplicate"] += 1
-                    per_source_filters[source_index]["exact_duplicate"] += 1
-                    continue
-                seen[result.hash] = len(doc_names)
+                seen.add(result.hash)
                 if result.group is not None:
-                    doc_group[len(doc_names)] = result.group
-                doc_names.append(result.name)
-                doc_hashes.append(result.hash)
-                doc_source.append(source_index)
-                doc_offset.append(offset)
-                doc_tokens.append(len(result.tokens))
-                doc_bytes.append(result.n_bytes)
+                    docs.group[len(docs.names)] = result.group
+                docs.names.append(result.name)
+                docs.hashes.append(result.hash)
+                docs.source.append(source_index)
+                docs.offset.append(offset)
+                docs.tokens.append(len(result.tokens))
+                docs.text_bytes.append(result.n_bytes)
                 result.tokens.tofile(token_file)
                 offset += len(result.tokens)
                 if result.signature is not None:
                     result.signature.tofile(sig_file)
-                    doc_sig.append(n_sigs)
-                    n_sigs += 1
+                    docs.signature_row.append(docs.n_signatures)
+                    docs.n_signatures += 1
                 else:
-                    doc_sig.append(-1)
-                self.bar.set_postfix_str(f"{offset / max(time.perf_counter() - pass_start, 1e-9) / 1e6:.2f}M tok/s",
-                                         refresh=False)
-        self.timings["read_clean_tokenize_s"] = round(time.perf_counter() - pass_start, 3)
-        seen.clear()
-        n_docs = len(doc_names)
-        if n_docs == 0:
-            counts = ", ".join(f"{k}: {v}" for k, v in filters.items()) or "no documents found"
+                    docs.signature_row.append(-1)
+                rate = offset / max(time.perf_counter() - start, 1e-9) / 1e6
+                self.bar.set_postfix_str(f"{rate:.2f}M tok/s", refresh=False)
+        self.timings["read_clean_tokenize_s"] = round(time.perf_counter() - start, 3)
+        if not docs.names:
+            counts = ", ".join(f"{k}: {v}" for k, v in docs.filters.items()) or "no documents found"
             raise SlmError(f"every document was filtered out ({counts}); check the sources and --min-chars")
+        return docs
 
-        # ---- near-duplicate groups ----
-        t0 = time.perf_counter()
-        union = UnionFind(n_docs)
+    def _group(self, docs: _Documents) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+        """Union-find roots of the documents (near-duplicates, and pieces of one large file, share a
+        root) and the near-duplicate pairs (document a, document b, estimated Jaccard)."""
+        start = time.perf_counter()
+        n = len(docs.names)
+        union = UnionFind(n)
         pairs = []
-        if options.near_dup != "off" and n_sigs > 1:
-            signatures = np.fromfile(self.tmp / "scratch_signatures.bin", dtype=np.uint32).reshape(n_sigs, NUM_PERM)
-            rows = np.frombuffer(doc_sig, dtype=np.int64)
-            sig_doc = np.flatnonzero(rows >= 0)
-            for a, b, similarity in near_duplicate_pairs(signatures, options.near_dup_threshold):
-                da, db = int(sig_doc[a]), int(sig_doc[b])
+        if self.options.near_dup != "off" and docs.n_signatures > 1:
+            signatures = np.memmap(self.tmp / "scratch_signatures.bin", dtype=np.uint32, mode="r",
+                                   shape=(docs.n_signatures, NUM_PERM))
+            owner = np.flatnonzero(np.frombuffer(docs.signature_row, dtype=np.int64) >= 0)
+            for a, b, similarity in near_duplicate_pairs(signatures, self.options.near_dup_threshold):
+                da, db = int(owner[a]), int(owner[b])
                 union.union(da, db)
                 pairs.append((da, db, similarity))
-        by_key: dict[str, int] = {}
-        for doc, key in doc_group.items():
-            if key in by_key:
-                union.union(by_key[key], doc)
-            else:
-                by_key[key] = doc
-        roots = union.roots().astype(np.int64)
-        self.timings["near_dup_s"] = round(time.perf_counter() - t0, 3)
+            del signatures
+        first_of_group: dict[str, int] = {}
+        for doc, key in docs.group.items():
+            union.union(first_of_group.setdefault(key, doc), doc)
+        self.timings["near_dup_s"] = round(time.perf_counter() - start, 3)
+        return union.roots().astype(np.int64), pairs
 
-        # ---- split ----
-        tokens_arr = np.frombuffer(doc_tokens, dtype=np.int64)
-        sources_arr = np.frombuffer(doc_source, dtype=np.int64)
-        is_val_doc = np.array(self.is_val_source, dtype=bool)[sources_arr]
-        dest, split_counts = assign_split(roots, tokens_arr, is_val_doc, doc_hashes, options.val, options.seed,
-                                          drop_near_duplicates=options.near_dup == "drop")
-        filters.update(split_counts)
-        group_sizes = np.bincount(roots, minlength=n_docs)
-        near_dup_groups = int((group_sizes > 1).sum())
-
-        # ---- write train.bin / val.bin ----
-        t0 = time.perf_counter()
-        weights = np.array([s.weight for s in self.sources])[sources_arr]
-        repeats = repeat_counts(dest, weights, doc_hashes)
-        splits, per_source = self._write(dest, repeats, doc_offset, doc_tokens, doc_bytes, sources_arr)
-        self.timings["write_s"] = round(time.perf_counter() - t0, 3)
-
-        # ---- reports ----
-        t0 = time.perf_counter()
+    def _reports(self, tokenizer, splits, pairs, dest) -> tuple[dict, dict]:
+        """Tokenizer health and leak check on the written splits; their warnings join self.warnings."""
+        start = time.perf_counter()
         train = np.memmap(self.tmp / "train.bin", dtype=self.dtype, mode="r")
         val = np.memmap(self.tmp / "val.bin", dtype=self.dtype, mode="r")
-        sample = tokenizer.decode(np.asarray(train[:30_000]))
         health = tokenizer_health(
             tokenizer, {name: {**splits[name], "tokens": arr} for name, arr in (("train", train), ("val", val))},
-            sample_text=sample,
+            sample_text=tokenizer.decode(np.asarray(train[:30_000])),
         )
         train_bpt = splits["train"]["bytes"] / max(splits["train"]["tokens"] - splits["train"]["documents"], 1)
         leak = leak_check(train, val, tokenizer.eot_id, train_bpt)
@@ -541,20 +551,23 @@ class _Builder:
             1 for a, b, _ in pairs if dest[a] >= 0 and dest[b] >= 0 and dest[a] != dest[b]
         )
         del train, val
-        self.timings["reports_s"] = round(time.perf_counter() - t0, 3)
         self.warnings += health["warnings"]
         if leak["warning"]:
             self.warnings.append(leak["warning"])
-        if decode_problems:
-            self.warnings.append(f"{n_decode_problems} documents had invalid UTF-8 (policy {options.encoding_errors})")
-        self.timings["total_s"] = round(time.perf_counter() - start, 3)
+        self.timings["reports_s"] = round(time.perf_counter() - start, 3)
+        return health, leak
 
-        examples = []
-        for a, b, similarity in sorted(pairs, key=lambda p: -p[2])[:20]:
-            examples.append({"a": doc_names[a], "b": doc_names[b], "similarity": round(similarity, 3)})
+    def _meta(self, tokenizer, docs, roots, pairs, dest, splits, per_source, health, leak) -> dict:
+        options = self.options
+        if docs.decode_problems:
+            self.warnings.append(f"{docs.decode_problems} documents had invalid UTF-8 (policy {options.encoding_errors})")
         for split in splits.values():  # all tokens, separators included: what bits per byte divides by
             split["bytes_per_token"] = round(split["bytes"] / split["tokens"], 6) if split["tokens"] else None
-        val_names = [doc_names[i] for i in np.flatnonzero(dest == 1)[:1000]]
+        group_sizes = np.bincount(roots, minlength=len(roots))
+        examples = [{"a": docs.names[a], "b": docs.names[b], "similarity": round(similarity, 3)}
+                    for a, b, similarity in sorted(pairs, key=lambda p: -p[2])[:20]]
+        explicit_val = any(self.is_val_source)
+        filters = docs.filters
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -572,9 +585,10 @@ class _Builder:
             "sources": [
                 {
                     "spec": s.spec, "kind": s.kind, "description": s.description, "weight": s.weight,
-                    "role": "val" if self.is_val_source[i] else ("train+val" if not any(self.is_val_source) else "train"),
+                    "role": "val" if self.is_val_source[i] else ("train" if explicit_val else "train+val"),
                     "files": len(s.paths) if s.kind == "local" else None, "raw_bytes": self.source_stats[i]["raw_bytes"],
-                    "sha256": self.source_stats[i]["sha256"], "filters": dict(per_source_filters[i]), **per_source[i],
+                    "sha256": self.source_stats[i]["sha256"], "filters": dict(docs.per_source_filters[i]),
+                    **per_source[i],
                 }
                 for i, s in enumerate(self.sources)
             ],
@@ -584,7 +598,7 @@ class _Builder:
                 "near_duplicate_dropped": int(filters.get("near_duplicate_dropped", 0)),
                 "near_duplicate_of_val": int(filters.get("near_duplicate_of_val", 0)),
                 "documents_kept": int((dest >= 0).sum()),
-                "decode_problem_files": decode_problems,
+                "decode_problem_files": docs.decode_problem_files,
                 "settings": {
                     "encoding_errors": options.encoding_errors, "min_chars": options.min_chars,
                     "max_line_chars": options.max_line_chars, "doc_separator": options.doc_separator,
@@ -594,12 +608,13 @@ class _Builder:
                 "mode": options.near_dup, "threshold": options.near_dup_threshold, "method": (
                     f"MinHash ({NUM_PERM} one-permutation bins) over 10-character shingles of a spelling-"
                     "insensitive skeleton, LSH candidates confirmed by estimated Jaccard"),
-                "pairs": len(pairs), "groups": near_dup_groups,
+                "pairs": len(pairs), "groups": int((group_sizes > 1).sum()),
                 "documents_in_groups": int(group_sizes[group_sizes > 1].sum()), "examples": examples,
             },
             "split": {
-                "method": "by group of near-duplicate documents" if not any(self.is_val_source) else "explicit validation sources",
-                "seed": options.seed, "val": options.val, "val_documents_names": val_names,
+                "method": "explicit validation sources" if explicit_val else "by group of near-duplicate documents",
+                "seed": options.seed, "val": options.val,
+                "val_documents_names": [docs.names[i] for i in np.flatnonzero(dest == 1)[:1000]],
             },
             "health": health,
             "leak_check": leak,
