@@ -394,6 +394,8 @@ class Trainer:
         result = TrainResult(self.run_dir)
         previous_handlers = self._install_signal_handlers()
         progress = self._progress_bar()
+        self._live_line = False
+        self._first_step = self.step
         self._session_start = session_start = time.time()
         last_log_time, last_log_tokens = session_start, self.tokens
         last_eval_step = -1
@@ -463,8 +465,8 @@ class Trainer:
         finally:
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
-            if progress is not None:
-                progress.close()
+            if progress and self._live_line:
+                sys.stderr.write("\n")
             if logger is not None:
                 logger.close()
         result.step, result.tokens = self.step, self.tokens
@@ -673,34 +675,32 @@ class Trainer:
             ckpt.prune_step_checkpoints(checkpoints, self.config.keep_last)
 
     # -- console --------------------------------------------------------------------------------
-    def _progress_bar(self):
-        if self.quiet or not self.is_main or not sys.stderr.isatty():
-            return None
-        from tqdm import tqdm
-
-        total = None if self.config.time_budget else self.config.max_steps  # a time budget ends it first
-        return tqdm(total=total, initial=self.step, dynamic_ncols=True, leave=True, unit="step")
+    def _progress_bar(self) -> bool:
+        """True when the progress line is redrawn in place (an interactive terminal)."""
+        return not self.quiet and self.is_main and sys.stderr.isatty()
 
     def _print(self, text: str) -> None:
         if self.quiet or not self.is_main:
             return
-        from tqdm import tqdm
+        if self._live_line:
+            sys.stderr.write("\r\x1b[K")  # clear the progress line; the next update redraws it
+            sys.stderr.flush()
+        print(text, flush=True)
 
-        tqdm.write(text)
-
-    def _show_progress(self, bar, loss, lr, rate, mfu, elapsed) -> None:
+    def _show_progress(self, live: bool, loss, lr, rate, mfu, elapsed) -> None:
         if self.quiet:
             return
         remaining = self.config.max_steps - self.step
-        per_step = elapsed / max(1, self.step)
-        eta = remaining * per_step
+        session = time.time() - self._session_start
+        eta = remaining * session / max(1, self.step - self._first_step)
         if self.config.time_budget:
             eta = min(eta, max(0.0, self.config.time_budget - elapsed))
         mfu_text = f" mfu {100 * mfu:.1f}%" if mfu is not None else ""
-        text = (f"loss {loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s{mfu_text} eta {eta / 60:.1f} min")
-        if bar is not None:
-            bar.n = self.step
-            bar.set_postfix_str(text, refresh=True)
+        of = "" if self.config.time_budget else f"/{self.config.max_steps}"
+        text = f"step {self.step}{of} loss {loss:.4f} lr {lr:.2e} {rate:,.0f} tok/s{mfu_text} eta {eta / 60:.1f} min"
+        if live:
+            sys.stderr.write("\r\x1b[K" + text)
+            sys.stderr.flush()
+            self._live_line = True
         else:
-            of = "" if self.config.time_budget else f"/{self.config.max_steps}"
-            print(f"step {self.step}{of} {text}", flush=True)
+            print(text, flush=True)
