@@ -111,3 +111,11 @@ def test_large_text_file_is_read_in_pieces_of_one_group(tmp_path, monkeypatch):
     items = list(resolve_source(str(tmp_path / "big.txt")).iter_items())
     assert len(items) > 3 and {i.group for i in items} == {str(tmp_path / "big.txt")}
     assert b"".join(i.data for i in items).decode() == text
+
+
+def test_max_documents_counts_rows_of_jsonl_files(tmp_path):
+    from slmkit.data.sources import SourceOptions
+
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(50)))
+    source = resolve_source(str(tmp_path / "a.jsonl"), SourceOptions(max_documents=7))
+    assert texts_of(source) == [f"row {i}" for i in range(7)]

@@ -127,10 +127,11 @@ def register(subparsers) -> None:
     p.add_argument("--near-dup-threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"estimated Jaccard similarity that makes two documents near-duplicates (default {DEFAULT_THRESHOLD})")
     p.add_argument("--max-line-chars", type=int, default=20_000, help="drop documents with a longer line (minified)")
-    p.add_argument("--max-documents", type=int, help="read at most this many documents per source")
+    p.add_argument("--max-documents", type=int, help="read at most this many documents (files, rows) per source")
     p.add_argument("--dtype", choices=("uint16", "uint32"), help="token dtype (default: uint16 when the vocab fits)")
     p.add_argument("--chat-tokens", action="store_true", help="trained BPE: add <|im_start|> and <|im_end|>")
-    p.add_argument("--tokenizer-train-bytes", type=int, default=1 << 30, help="text used to train bpe:/char")
+    p.add_argument("--tokenizer-train-bytes", type=int, default=1 << 30,
+                   help="train bpe:/char on at most this many characters of the cleaned text (default 2^30)")
     p.add_argument("--workers", type=int, help="tokenizing processes (default: usable cores minus the load average, at least 1)")
     p.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -151,7 +152,7 @@ def register(subparsers) -> None:
     train.add_argument("--out", "-o", required=True, help="directory to save the tokenizer in")
     train.add_argument("--chat-tokens", action="store_true", help="add <|im_start|> and <|im_end|>")
     train.add_argument("--min-frequency", type=int, default=2, help="BPE: least count of a merged pair (default 2)")
-    train.add_argument("--max-bytes", type=int, default=1 << 30, help="train on at most this much text")
+    train.add_argument("--max-bytes", type=int, default=1 << 30, help="train on at most this many characters")
     _add_source_options(train)
     train.set_defaults(run=cmd_tokenizer_train)
     show = actions.add_parser("info", help="vocab size and special ids; encode --text")

@@ -164,7 +164,8 @@ def _iter_files(source: Source) -> Iterator[RawItem]:
     for path in source.paths:
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            yield from _iter_jsonl(path)
+            # With a document cap, rows are read one by one so the cap counts documents, not blocks.
+            yield from (_iter_jsonl_rows(path, source.text_field) if source.max_documents else _iter_jsonl(path))
         elif suffix == ".json":
             yield from _iter_json(path, source.text_field)
         elif suffix == ".parquet":
@@ -206,6 +207,20 @@ def _iter_jsonl(path: Path) -> Iterator[RawItem]:
                 break
             yield RawItem(JSONL, f"{path}:{index}", b"".join(lines))
             index += len(lines)
+
+
+def _iter_jsonl_rows(path: Path, field_name: str) -> Iterator[RawItem]:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise SlmError(f"{path} line {number} is not valid JSON: {error}") from None
+            text = _check_field(row, field_name, f"{path} line {number}")
+            if text is not None:
+                yield RawItem(STR, f"{path}:{number - 1}", str(text))
 
 
 def _check_field(row, field_name: str, where: str):
