@@ -212,3 +212,45 @@ def test_tokens_per_step_sets_accumulation_and_max_tokens_caps_the_steps(data_di
     with pytest.raises(SlmError, match="tokens_per_step = 500 is not a multiple of .* 128; use a multiple, e.g. 512"):
         Trainer(data_dir, tmp_path / "run", model, config)
     assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_and_wandb_receive_the_scalars_when_installed(data_dir, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    scalars, wandb_calls = [], {"init": None, "log": [], "finished": False}
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            scalars.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, step))
+
+        def close(self):
+            pass
+
+    class FakeRun:
+        def log(self, values, step):
+            wandb_calls["log"].append((step, sorted(values)))
+
+        def finish(self):
+            wandb_calls["finished"] = True
+
+    def fake_init(**kwargs):
+        wandb_calls["init"] = kwargs
+        return FakeRun()
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=fake_init))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    import os
+
+    run = tmp_path / "run"
+    train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=2, eval_interval=2, tensorboard=True,
+                                                  wandb=True), quiet=True, report=False)
+    assert scalars[0] == ("dir", str(run / "tensorboard"))
+    assert ("train/loss", 1) in scalars and ("eval/val_bpb", 2) in scalars
+    assert os.environ.pop("WANDB_MODE") == "offline" and wandb_calls["init"]["dir"] == str(run)
+    assert (2, sorted(wandb_calls["log"][-1][1])) == wandb_calls["log"][-1] and wandb_calls["finished"]
+    assert "eval/val_loss" in wandb_calls["log"][-1][1]

@@ -647,7 +647,10 @@ class Trainer:
         return {"step": self.step, "tokens": self.tokens, "elapsed": self.elapsed_time(),
                 "best_val_loss": float(self.best_val_loss), "optimizer": optimizer_state,
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "rng_per_rank": gathered, "warned": sorted(self.warned), "world_size": self.dist.world_size}
+                "rng_per_rank": gathered, "warned": sorted(self.warned), "world_size": self.dist.world_size,
+                # batches are a function of (seed, micro-batch index): this is the whole data position
+                "data": {"seed": self.config.seed, "next_micro_batch": self.step * self.config.grad_accum
+                         * self.dist.world_size, "skipped_in_a_row": self.skipped_in_a_row}}
 
     def _save(self, periodic: bool, best: bool, last: bool, val_loss: float | None = None) -> None:
         """Write one checkpoint and link it as step-N, best and/or last (only what is asked)."""
