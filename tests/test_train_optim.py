@@ -122,3 +122,12 @@ def test_train_config_refuses_unknown_keys_and_bad_values():
         TrainConfig(schedule="cosin").validate()
     with pytest.raises(SlmError, match="train.min_lr"):
         TrainConfig(lr=1e-3, min_lr=1e-2).validate()
+
+
+def test_time_budget_drives_the_decay_but_not_the_warmup():
+    config = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=1_000_000, schedule="cosine")
+    assert lr_factor(config, 4, time_fraction=0.9) == pytest.approx(0.5)  # warmup counts steps
+    assert lr_factor(config, 50, time_fraction=0.5) == pytest.approx(0.55)
+    assert lr_factor(config, 50, time_fraction=1.0) == pytest.approx(0.1)
+    wsd = config.replace(schedule="wsd", decay_fraction=0.2)
+    assert lr_factor(wsd, 50, time_fraction=0.7) == 1.0 and lr_factor(wsd, 50, time_fraction=0.9) == pytest.approx(0.55)

@@ -402,10 +402,8 @@ class Trainer:
         try:
             while self.step < config.max_steps:
                 elapsed = self.elapsed_time()
-                effective_step = self.step
-                if config.time_budget:
-                    effective_step = max(self.step, elapsed / config.time_budget * config.max_steps)
-                factor = lr_factor(config, effective_step)
+                time_fraction = elapsed / config.time_budget if config.time_budget else 0.0
+                factor = lr_factor(config, self.step, time_fraction)
                 set_learning_rate(self.optimizer, factor)
                 time_up = bool(config.time_budget and elapsed >= config.time_budget)
                 loss, grad_norm, stop = self._train_step(time_up or bool(self._stop_requested))
