@@ -30,7 +30,7 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
-def ngram_hashes(tokens: np.ndarray, n: int, eot_id: int, rate: int, chunk: int = 1 << 23) -> np.ndarray:
+def ngram_hashes(tokens: np.ndarray, n: int, eot_id: int, rate: int, chunk: int = 1 << 22) -> np.ndarray:
     """Sorted unique 64-bit hashes of the n-grams of `tokens` that contain no `eot_id`, keeping about one
     in `rate`. Reads `tokens` (a memmap is fine) in chunks.
 

@@ -38,7 +38,7 @@ from slmkit.tokenizer.base import MANIFEST, write_json_atomic
 FORMAT = "slmkit-dataset"
 VERSION = 1
 BATCH_BYTES = 256 << 10  # per task sent to a worker: small enough to balance the load at the end
-WRITE_TOKENS = 1 << 24
+WRITE_TOKENS = 1 << 22
 NEAR_DUP_MODES = ("group", "drop", "off")
 
 

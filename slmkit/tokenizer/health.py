@@ -42,7 +42,7 @@ def word_fragmentation(tokenizer, sample_text: str, top_words: int = TOP_WORDS) 
     }
 
 
-def single_byte_share(tokens: np.ndarray, byte_lengths: np.ndarray, chunk: int = 1 << 24) -> float:
+def single_byte_share(tokens: np.ndarray, byte_lengths: np.ndarray, chunk: int = 1 << 22) -> float:
     """Share of tokens (special tokens excluded) that stand for exactly one byte; reads `tokens` in chunks."""
     counts = np.zeros(len(byte_lengths), dtype=np.int64)
     for start in range(0, len(tokens), chunk):
