@@ -254,3 +254,15 @@ def test_tensorboard_and_wandb_receive_the_scalars_when_installed(data_dir, tmp_
     assert os.environ.pop("WANDB_MODE") == "offline" and wandb_calls["init"]["dir"] == str(run)
     assert (2, sorted(wandb_calls["log"][-1][1])) == wandb_calls["log"][-1] and wandb_calls["finished"]
     assert "eval/val_loss" in wandb_calls["log"][-1][1]
+
+
+def test_dataset_warnings_from_prepare_reach_the_log_and_report(tmp_path):
+    data = write_dataset(tmp_path / "ds")
+    meta = json.loads((data / "meta.json").read_text())
+    meta["warnings"] = ["3.2% of validation 17-grams also occur in training: check for leakage"]
+    (data / "meta.json").write_text(json.dumps(meta))
+    run = tmp_path / "run"
+    train(data, run, overrides=tiny_overrides(data, max_steps=2, eval_interval=2), quiet=True)
+    warnings = train_events(run, "warning")
+    assert [w["kind"] for w in warnings] == ["dataset"] and "3.2% of validation" in warnings[0]["message"]
+    assert "3.2% of validation 17-grams" in (run / "report.md").read_text()

@@ -127,6 +127,7 @@ class Trainer:
         self.quiet = quiet
         self.on_step = on_step
         self._stop_requested = ""
+        self._live_line = False  # a progress line is on the terminal, to clear before printing
         self.dist = dist_utils.init_distributed(train_config.device)
         self.is_main = self.dist.is_main
 
@@ -390,11 +391,13 @@ class Trainer:
                 logger.log("start", 0, parameters=self.model.num_parameters(), device=self.setup.description,
                            precision=self.setup.precision, world_size=self.dist.world_size,
                            tokens_per_step=self.tokens_per_step)
+                for message in self.data.meta.get("warnings") or []:  # prepare's leak and health checks
+                    logger.log("warning", 0, kind="dataset", message=f"dataset {self.data_dir.name}: {message}")
+                    self._print(f"warning: dataset {self.data_dir.name}: {message}")
         self.logger = logger
         result = TrainResult(self.run_dir)
         previous_handlers = self._install_signal_handlers()
         progress = self._progress_bar()
-        self._live_line = False
         self._first_step = self.step
         self._session_start = session_start = time.time()
         last_log_time, last_log_tokens = session_start, self.tokens
