@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import sys
@@ -231,8 +232,6 @@ class Trainer:
         self.setup = setup_device(config.device, config.precision, self.dist.local_rank)
         torch.manual_seed(config.seed)  # the same initial weights on every process
         np.random.seed(config.seed)
-        import random
-
         random.seed(config.seed)
         model = Transformer(self.model_config)
         if self.init_state is not None:
