@@ -123,3 +123,11 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu",
 def mfu(tokens_per_second: float, flops_per_token: float, peak_gflops: float) -> float:
     """Model FLOPs utilisation: achieved model FLOP/s over the peak (a fraction, 0 to 1)."""
     return tokens_per_second * flops_per_token / (peak_gflops * 1e9) if peak_gflops > 0 else 0.0
+
+
+def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32) -> float:
+    """Measured matmul peak of `device` in `dtype`, in FLOP/s (see `measure_matmul_peak`)."""
+    device = torch.device(device)
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        dtype = torch.float32
+    return measure_matmul_peak(dtype, str(device)) * 1e9

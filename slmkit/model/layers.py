@@ -122,7 +122,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float
     where PyTorch's fused CPU kernel is several times slower than `plain_attention`
     (docs/performance.md). Both compute the same function.
     """
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and k.shape[-2] <= 1024:
+    if plain_attention_is_faster(q, k):
         return plain_attention(q, k, v, mask, scale, dropout_p)
     return F.scaled_dot_product_attention(
         q, k, v,
@@ -132,6 +132,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float
         scale=scale,
         enable_gqa=k.shape[1] != q.shape[1],
     )
+
+
+def plain_attention_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether `plain_attention` beats SDPA here: on CPU in half precision up to 1,024 keys."""
+    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and k.shape[-2] <= 1024
 
 
 def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float,

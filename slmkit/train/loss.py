@@ -13,11 +13,16 @@ over the vocab taking a quarter of a step and a few percent of it (docs/performa
 
 from __future__ import annotations
 
+import functools
+import os
+import warnings
+
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -1
-CHUNK_ROWS = 1024  # rows of logits made at once: 1024 x 32K x 4 bytes = 131 MB at most
+CHUNK_ROWS = 1024  # rows of logits made at once (1024 x 32K bf16 logits: 66 MB)
+COMPILE_MIN_ELEMENTS = 1 << 22  # chunks of fewer logits than this run eager (compiling costs seconds)
 
 
 def language_model_loss(model, input_ids: torch.Tensor, targets: torch.Tensor,
@@ -63,32 +68,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         counted = targets != IGNORE_INDEX
         # mean: divide by the number of counted tokens (0 gives NaN, as F.cross_entropy)
         scale = 1.0 if sum_reduction else 1.0 / counted.sum().to(torch.float32)
+        row_scale = torch.where(counted, scale, 0.0)  # d loss / d (per-row loss); 0 on ignored rows
+        safe_targets = targets.clamp_min(0)
+        weight_c = weight.to(compute_dtype)
+        chunk_kernel = _chunk_kernel(hidden.device.type, min(chunk_rows, hidden.shape[0]) * weight.shape[0])
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         hidden_grads = []
-        # the weight gradient is summed over chunks in float32 whatever the compute dtype
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        weight_c = weight.to(compute_dtype)
+        grad_weight = None  # summed over chunks in float32, whatever the compute dtype
         for start in range(0, hidden.shape[0], chunk_rows):
+            h = hidden[start:start + chunk_rows].to(compute_dtype)
             rows = slice(start, start + chunk_rows)
-            h, target, keep = hidden[rows].to(compute_dtype), targets[rows], counted[rows]
-            logits = (h @ weight_c.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            safe_target = target.clamp_min(0)
-            target_logit = logits.gather(1, safe_target[:, None]).squeeze(1)
-            total = total + torch.where(keep, lse - target_logit, 0.0).sum()
-            if not (need_hidden or need_weight):
-                continue
-            # d loss / d logits = (softmax - onehot) * scale on counted rows, 0 on ignored rows
-            grad = logits.sub_(lse[:, None]).exp_()
-            grad.scatter_add_(1, safe_target[:, None], torch.full_like(lse[:, None], -1.0))
-            grad.mul_(torch.where(keep, scale, 0.0)[:, None])
-            grad = grad.to(compute_dtype)
+            loss, grad = chunk_kernel(h @ weight_c.t(), safe_targets[rows], counted[rows], row_scale[rows],
+                                      need_hidden or need_weight)
+            total = total + loss
             if need_hidden:
                 hidden_grads.append((grad @ weight_c).to(hidden.dtype))
-            if need_weight and grad.dtype == torch.float32:
-                grad_weight.addmm_(grad.t(), h)
-            elif need_weight:
-                grad_weight += (grad.t() @ h).float()
+            if need_weight:
+                chunk_grad_weight = (grad.t() @ h).float()
+                grad_weight = chunk_grad_weight if grad_weight is None else grad_weight.add_(chunk_grad_weight)
         grad_hidden = torch.cat(hidden_grads) if need_hidden else None
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
@@ -103,6 +100,61 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if grad_weight is not None:
             grad_weight = grad_weight * grad_output.to(grad_weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None
+
+
+def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
+                         row_scale: torch.Tensor, need_grad: bool):
+    """Summed cross-entropy of a chunk of logits (rows, vocab) over the kept rows, and its gradient
+    (softmax - one-hot) scaled per row, in the logits' dtype.
+
+    Whole-tensor expressions, so that torch.compile fuses them into one reduction and one pointwise
+    pass over the logits; eager PyTorch computes the same, in more passes.
+    """
+    dtype = logits.dtype
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    target_logits = logits.gather(1, targets[:, None]).squeeze(1)
+    loss = torch.where(keep, lse - target_logits, 0.0).sum()
+    if not need_grad:
+        return loss, None
+    vocab = torch.arange(logits.shape[1], device=logits.device)
+    one_hot = (vocab[None, :] == targets[:, None]).float()
+    grad = (torch.exp(logits - lse[:, None]) - one_hot) * row_scale[:, None]
+    return loss, grad.to(dtype)
+
+
+class _CompiledChunkKernel:
+    """`_chunk_loss_and_grad` through torch.compile, falling back to eager (with one warning)."""
+
+    def __init__(self):
+        self.compiled = torch.compile(_chunk_loss_and_grad)
+        self.failed = False
+
+    def __call__(self, *args):
+        if not self.failed:
+            try:
+                return self.compiled(*args)
+            except Exception as error:  # no compiler, unsupported device: eager gives the same numbers
+                self.failed = True
+                warnings.warn(f"compiling the fused cross-entropy failed ({type(error).__name__}: "
+                              f"{str(error)[:200]}); using eager PyTorch for it", stacklevel=2)
+        return _chunk_loss_and_grad(*args)
+
+
+@functools.cache
+def _compiled_chunk_kernel() -> _CompiledChunkKernel:
+    return _CompiledChunkKernel()
+
+
+def _chunk_kernel(device_type: str, chunk_elements: int):
+    """The compiled kernel for chunks big enough to matter on CPU and CUDA, else eager.
+
+    Inside an outer torch.compile the eager function is traced and fused there.
+    """
+    if (device_type not in ("cpu", "cuda") or chunk_elements < COMPILE_MIN_ELEMENTS
+            or torch.compiler.is_compiling() or os.environ.get("SLMKIT_COMPILE_LOSS") == "0"):
+        return _chunk_loss_and_grad
+    return _compiled_chunk_kernel()
 
 
 def _output_head(model):
