@@ -133,3 +133,16 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(data_dir, tmp_path):
 def _lines(run):
     path = run / "metrics.jsonl"
     return path.read_text().splitlines() if path.is_file() else []
+
+
+def test_a_damaged_training_state_is_refused_not_half_loaded(data_dir, tmp_path):
+    run = tmp_path / "run"
+    train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=2, eval_interval=0), quiet=True, report=False)
+    state = run / "checkpoints" / "last" / "training_state.pt"
+    data = state.read_bytes()
+    state.unlink()  # best/ and step-N/ share the file by hard link: write a new one
+    state.write_bytes(data[: len(data) // 2])
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(SlmError, match="training_state.pt does not match the hash .* truncated"):
+        train(resume=run, overrides=["train.max_steps=4"], quiet=True)
+    assert (run / "metrics.jsonl").read_text() == before

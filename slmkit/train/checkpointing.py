@@ -22,7 +22,14 @@ import numpy as np
 import torch
 
 from slmkit.errors import SlmError
-from slmkit.model.checkpoint import CONFIG_FILE, _replace_dir, model_state, write_checkpoint
+from slmkit.model.checkpoint import (
+    CONFIG_FILE,
+    _replace_dir,
+    model_state,
+    read_checkpoint_config,
+    sha256_file,
+    write_checkpoint,
+)
 
 STATE_FILE = "training_state.pt"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -65,6 +72,7 @@ def save_training_checkpoint(directory: Path, model_config, weights: dict[str, t
     os.close(fd)
     try:
         torch.save(training_state, tmp)
+        extra = {**extra, "training_state_sha256": sha256_file(Path(tmp))}
         write_checkpoint(directory, model_config, weights, extra=extra,
                          extra_files={STATE_FILE: tmp, **(extra_files or {})})
     finally:
@@ -144,6 +152,10 @@ def load_training_state(directory: Path) -> dict:
     if not path.is_file():
         raise SlmError(f"{directory} has no {STATE_FILE}, so it cannot be resumed exactly; "
                        f"to start a new run from its weights use --init-from {directory}")
+    expected = read_checkpoint_config(directory).get("training_state_sha256")
+    if expected and sha256_file(path) != expected:
+        raise SlmError(f"{path} does not match the hash in its config.json: the file is truncated or was "
+                       f"modified; resume from another checkpoint (checkpoints/step-N)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any unpickling failure means a damaged or foreign file
