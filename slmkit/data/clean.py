@@ -1,4 +1,5 @@
-"""Per-document work, run in worker processes: decode, clean, filter, hash, MinHash, tokenize.
+"""Per-document work, run in worker processes: decode, clean, filter, hash, MinHash, tokenize (in the
+same pass for a ready tokenizer; in a later one, from the cleaned text, for one `prepare` trains).
 
 Every filter has a name; a dropped document reports the name so `prepare` can count it.
 """
@@ -52,6 +53,7 @@ class DocResult:
     hash: bytes = b""
     signature: np.ndarray | None = None
     tokens: np.ndarray | None = None  # ids with the end-of-text id appended
+    text: bytes | None = None  # the cleaned text in UTF-8, when there is no tokenizer to turn it into tokens
     replaced: bool = False
 
 
@@ -172,8 +174,9 @@ class DocumentProcessor:
                 result = DocResult(name, item.group, None, n_bytes=len(data), hash=content_hash(data),
                                    replaced=replaced)
                 if self.tokenizer is not None:
-                    ids = self.tokenizer.encode_to_array(text, np.uint32)
-                    result.tokens = np.concatenate([ids.astype(self.dtype, copy=False), eot])
+                    result.tokens = self._tokens(text, eot)
+                else:
+                    result.text = data
                 results.append(result)
                 kept_data.append(data)
         if self.options.near_dup and kept_data:  # one vectorised MinHash pass over the batch
@@ -182,6 +185,15 @@ class DocumentProcessor:
             for result, signature, ok in zip(kept, signatures, valid):
                 result.signature = signature if ok else None
         return results
+
+    def tokenize(self, texts: list[bytes]) -> list[np.ndarray]:
+        """Token ids, end-of-text appended, of each cleaned UTF-8 text (as `DocResult.text` holds it)."""
+        eot = np.array([self.tokenizer.eot_id], dtype=self.dtype)
+        return [self._tokens(data.decode("utf-8", "surrogatepass"), eot) for data in texts]
+
+    def _tokens(self, text: str, eot: np.ndarray) -> np.ndarray:
+        ids = self.tokenizer.encode_to_array(text, np.uint32)
+        return np.concatenate([ids.astype(self.dtype, copy=False), eot])
 
 
 # A worker process's own processor, set once by `init_worker` (process-local, never shared).
@@ -200,5 +212,6 @@ def init_worker(options: CleanOptions, tokenizer, dtype: str) -> None:
     _worker = DocumentProcessor(options, load_tokenizer(tokenizer) if tokenizer else None, dtype)
 
 
-def process_in_worker(items: list[RawItem]) -> list[DocResult]:
-    return _worker.process(items)
+def run_in_worker(method: str, batch: list):
+    """This worker's `DocumentProcessor.<method>(batch)` ("process" or "tokenize")."""
+    return getattr(_worker, method)(batch)

@@ -4,14 +4,19 @@ One streaming pass reads the sources and hands batches to worker processes that 
 hash, MinHash and tokenize; the main process keeps the first copy of each exact duplicate and appends
 its tokens to a scratch file. Then near-duplicates are grouped, groups are split between train and
 validation, the scratch tokens are copied into train.bin / val.bin, and the tokenizer health and leak
-reports go into meta.json. Everything is written in a temporary directory renamed into place at the
-end, so an interrupted or failed run leaves no half dataset behind; a run whose inputs match the
-existing dataset's fingerprint reuses it.
+reports go into meta.json. A tokenizer trained here ("bpe:N", "char") must learn from training text
+only (validation numbers would flatter it otherwise), so then the pass keeps the cleaned text in a
+scratch file instead of tokens, the split comes first, the tokenizer is trained on the training side,
+and a second parallel pass tokenizes the kept text. Everything is written in a temporary directory
+renamed into place at the end, so an interrupted or failed run leaves no half dataset behind; a run
+whose inputs match the existing dataset's fingerprint reuses it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -26,14 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from slmkit.data.clean import FILTERS, CleanOptions, DocumentProcessor, init_worker, process_in_worker
+from slmkit.data.clean import FILTERS, CleanOptions, DocumentProcessor, init_worker, run_in_worker
 from slmkit.data.dedup import DEFAULT_THRESHOLD, NUM_PERM, UnionFind, near_duplicate_pairs
 from slmkit.data.leak import leak_check
 from slmkit.data.sources import TEXT_EXTENSIONS, Source, SourceOptions, resolve_source
-from slmkit.data.split import assign_split, repeat_counts
+from slmkit.data.split import TRAIN, assign_split, repeat_counts
 from slmkit.errors import SlmError
 from slmkit.tokenizer import Tokenizer, load_tokenizer, needs_training, tokenizer_health, train_tokenizer
 from slmkit.tokenizer.base import MANIFEST, write_json_atomic
+from slmkit.tokenizer.char import CharTokenizer
 
 FORMAT = "slmkit-dataset"
 VERSION = 1
@@ -93,10 +99,12 @@ def prepare(
     `.reused` True when an identical earlier result was kept).
 
     sources: source specs (see `slmkit.data.sources`: paths, globs, hf:NAME, built-ins, SPEC@WEIGHT).
-    tokenizer: "gpt2", "bpe:N" or "char" (trained here on the cleaned documents), a tokenizer
-    directory or tokenizer.json, or a Tokenizer. val: fraction of tokens for validation, or a number of
-    documents; val_sources: explicit validation sources instead (training documents that are
-    near-duplicates of them are dropped). near_dup: "group" keeps near-duplicates on one side, "drop"
+    tokenizer: "gpt2", "bpe:N" or "char" (trained here on the cleaned training documents only, at most
+    `tokenizer_train_bytes` characters; a trained "char" gets an `<|unk|>` id for characters only
+    validation text holds), a tokenizer directory or tokenizer.json, or a Tokenizer. val: fraction of
+    tokens for validation (of UTF-8 bytes when the tokenizer is trained here, since the split comes
+    first), or a number of documents; val_sources: explicit validation sources instead (training
+    documents that are near-duplicates of them are dropped). near_dup: "group" keeps near-duplicates on one side, "drop"
     keeps one of each group, "off" skips the check. encoding_errors: "strict" (stop), "replace", "skip".
     dtype: "uint16"/"uint32", default by vocabulary size. workers: tokenizing processes (default: the
     usable cores not busy with other work, see `default_workers`). Raises SlmError for anything the user can fix, naming the value and the fix.
@@ -172,13 +180,14 @@ def _fingerprint(options: PrepareOptions, train: list[Source], val: list[Source]
         tokenizer_id = [str(path)] + [hashlib.sha256(f.read_bytes()).hexdigest() for f in files if f.is_file()]
     if tokenizer_id is None:
         return os.urandom(16).hex()
-    blob = json.dumps(
-        {
-            "format": FORMAT, "version": VERSION, "options": asdict(options), "tokenizer": tokenizer_id,
-            "train": [(s.fingerprint(), s.weight) for s in train], "val": [s.fingerprint() for s in val],
-        },
-        sort_keys=True, default=str,
-    )
+    inputs = {
+        "format": FORMAT, "version": VERSION, "options": asdict(options), "tokenizer": tokenizer_id,
+        "train": [(s.fingerprint(), s.weight) for s in train], "val": [s.fingerprint() for s in val],
+    }
+    if needs_training(tokenizer):
+        # Not reused: a dataset from before prepare trained tokenizers on the training split only.
+        inputs["tokenizer_trained_on"] = "train"
+    blob = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -224,7 +233,7 @@ def _remove_stale_temporaries(out_dir: Path) -> None:
 
 
 def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    for scratch in ("scratch_tokens.bin", "scratch_signatures.bin"):
+    for scratch in ("scratch_text.bin", "scratch_tokens.bin", "scratch_signatures.bin"):
         (tmp / scratch).unlink(missing_ok=True)
     if out_dir.is_dir():
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{os.urandom(3).hex()}"
@@ -235,34 +244,32 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
         os.replace(tmp, out_dir)
 
 
-def _train_on(sources: list[Source], spec: str, clean: CleanOptions, budget: int, chat_tokens: bool,
-              min_frequency: int = 2, progress: bool = False) -> Tokenizer:
-    """Train tokenizer `spec` on the cleaned documents of `sources`, up to `budget` characters."""
-    processor = DocumentProcessor(clean)
+def _train_on(texts, spec: str, budget: int, chat_tokens: bool, min_frequency: int = 2,
+              progress: bool = False) -> tuple[Tokenizer, dict]:
+    """Train tokenizer `spec` on `texts` (cleaned documents, in order) until `budget` characters are
+    taken; return it and what it learned from, {"documents": N, "bytes": UTF-8 bytes}."""
+    used = {"documents": 0, "bytes": 0}
     check: list[str] = []
 
-    def texts():
+    def within_budget():
         left = budget
-        for source in sources:
-            for item in source.iter_items():
-                for _, text, reason, _ in processor.clean_texts(item):
-                    if reason is None and left > 0:
-                        left -= len(text)
-                        if len(check) < 4:
-                            check.append(text[:200_000])
-                        yield text
-                if left <= 0:
-                    return
+        for text in texts:
+            if left <= 0:
+                return
+            left -= len(text)
+            used["documents"] += 1
+            used["bytes"] += len(text.encode("utf-8", "surrogatepass"))
+            if len(check) < 4:
+                check.append(text[:200_000])
+            yield text
 
-    corpus = list(texts()) if spec == "char" else texts()
-    empty = SlmError(f"every document was filtered out, so {spec} cannot be trained; check the sources and --min-chars")
-    if spec == "char" and not corpus:
-        raise empty
-    tokenizer = train_tokenizer(corpus, spec, chat_tokens=chat_tokens, min_frequency=min_frequency,
-                                check_texts=check, progress=progress)
-    if not check:
-        raise empty
-    return tokenizer
+    corpus = within_budget()
+    first = next(corpus, None)
+    if first is None:
+        raise SlmError(f"every document was filtered out, so {spec} cannot be trained; check the sources and --min-chars")
+    tokenizer = train_tokenizer(itertools.chain([first], corpus), spec, chat_tokens=chat_tokens,
+                                min_frequency=min_frequency, check_texts=check, progress=progress)
+    return tokenizer, used
 
 
 def train_tokenizer_on_sources(
@@ -292,7 +299,10 @@ def train_tokenizer_on_sources(
     resolved = [resolve_source(str(s), options) for s in sources]
     clean = CleanOptions(encoding_errors=encoding_errors, min_chars=min_chars, doc_separator=doc_separator,
                          text_field=text_field, near_dup=False)
-    tokenizer = _train_on(resolved, spec, clean, max_bytes, chat_tokens, min_frequency)
+    processor = DocumentProcessor(clean)
+    texts = (text for source in resolved for item in source.iter_items()
+             for _, text, reason, _ in processor.clean_texts(item) if reason is None)
+    tokenizer, _ = _train_on(texts, spec, max_bytes, chat_tokens, min_frequency)
     if out_dir is not None:
         out_dir = Path(out_dir)
         if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
@@ -327,6 +337,7 @@ class _Documents:
     names: list[str] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)
     source: array = field(default_factory=lambda: array("q"))  # source index
+    # offset and tokens are 0 until `_tokenize` when the tokenizer is trained after the split
     offset: array = field(default_factory=lambda: array("q"))  # first token in the scratch file
     tokens: array = field(default_factory=lambda: array("q"))  # tokens, end-of-text included
     text_bytes: array = field(default_factory=lambda: array("q"))  # UTF-8 bytes of the text
@@ -355,22 +366,45 @@ class _Builder:
             max_line_chars=options.max_line_chars, doc_separator=options.doc_separator,
             text_field=options.text_field, near_dup=options.near_dup != "off",
         )
+        self.dtype = np.dtype("uint16")  # of the tokens; decided by the vocabulary size in `_use_tokenizer`
         self.warnings: list[str] = []
         self.timings: dict[str, float] = {}
 
     # ---- tokenizer ----
 
-    def _tokenizer(self) -> Tokenizer:
-        arg = self.tokenizer_arg
-        if isinstance(arg, Tokenizer):
-            return arg
-        if not needs_training(str(arg)):
-            return load_tokenizer(arg)
-        start = time.perf_counter()
-        tokenizer = _train_on(self.sources, str(arg), self.clean, self.options.tokenizer_train_bytes,
-                              self.options.chat_tokens, progress=self.progress)
-        self.timings["tokenizer_training_s"] = round(time.perf_counter() - start, 3)
+    def _use_tokenizer(self, tokenizer: Tokenizer) -> Tokenizer:
+        """Save `tokenizer` into the scratch folder (spawned workers load it from there) and choose the
+        token dtype for its vocabulary."""
+        tokenizer.save(self.tmp)
+        vocab_size = tokenizer.vocab_size
+        if self.options.dtype == "uint16" and vocab_size > 65536:
+            raise SlmError(f"vocab size {vocab_size} does not fit uint16 tokens; use --dtype uint32")
+        self.dtype = np.dtype(self.options.dtype or ("uint16" if vocab_size <= 65536 else "uint32"))
         return tokenizer
+
+    def _train_tokenizer(self, docs: _Documents, dest: np.ndarray) -> tuple[Tokenizer, dict]:
+        """Train the asked tokenizer on the training documents of the split only (never on validation
+        documents or their near-duplicates), at most `tokenizer_train_bytes` characters; return it and
+        meta.json's `trained_on`."""
+        start = time.perf_counter()
+        spec = str(self.tokenizer_arg)
+        texts = (data.decode("utf-8", "surrogatepass")
+                 for _, data in self._scratch_texts(docs, np.flatnonzero(dest == TRAIN)))
+        tokenizer, used = _train_on(texts, spec, self.options.tokenizer_train_bytes, self.options.chat_tokens,
+                                    progress=self.progress)
+        if isinstance(tokenizer, CharTokenizer):
+            # Validation text may hold characters training text lacks: they encode as <|unk|>.
+            tokenizer = CharTokenizer(tokenizer.chars, name=tokenizer.name, unknown=True)
+        self.timings["tokenizer_training_s"] = round(time.perf_counter() - start, 3)
+        return tokenizer, {"split": "train", **used}
+
+    def _scratch_texts(self, docs: _Documents, indices):
+        """(document index, its cleaned UTF-8 text) for each of `indices`, from the scratch text file."""
+        n_bytes = np.frombuffer(docs.text_bytes, dtype=np.int64)
+        starts = np.cumsum(n_bytes) - n_bytes
+        text = np.memmap(self.tmp / "scratch_text.bin", dtype=np.uint8, mode="r")
+        for i in indices:
+            yield int(i), text[starts[i] : starts[i] + n_bytes[i]].tobytes()
 
     # ---- the pass over the sources ----
 
@@ -390,73 +424,83 @@ class _Builder:
             yield batch, size
         stats["sha256"] = digest.hexdigest()
 
-    def _results(self, tokenizer_dir: Path, total_bytes: int | None):
-        """Yield (source index, DocResult) in corpus order, with at most 2 batches per worker in flight."""
+    def _results(self, tokenizer: Tokenizer | None, total_bytes: int | None):
+        """Yield (source index, DocResult) in corpus order; with `tokenizer` None the results carry the
+        cleaned text instead of tokens."""
         from tqdm import tqdm
 
-        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not self.progress,
-                   smoothing=0.1, dynamic_ncols=True)
-        self.bar = bar
+        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not self.progress,
+                        smoothing=0.1, dynamic_ncols=True)
+        # Validation sources first, so that a document in both keeps its validation copy.
+        order = sorted(range(len(self.sources)), key=lambda i: not self.is_val_source[i])
+        tasks = ((index, size, batch) for index in order
+                 for batch, size in self._batches(self.sources[index], self.source_stats[index]))
+        with self.bar, contextlib.closing(self._map("process", tasks, tokenizer, self.bar)) as batches:
+            for index, results in batches:
+                for result in results:
+                    yield index, result
+
+    def _map(self, method: str, tasks, tokenizer: Tokenizer | None, bar):
+        """Yield (key, `DocumentProcessor.<method>(batch)`) for each (key, size, batch) of `tasks`, in
+        order, advancing `bar` by size. Worker processes do the work, at most 2 batches each in flight."""
         pool = None
         if self.workers > 1:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             # Forked workers inherit the loaded tokenizer; spawned ones load it from the scratch folder.
-            tokenizer = self.tokenizer if method == "fork" else str(tokenizer_dir)
-            pool = multiprocessing.get_context(method).Pool(
-                self.workers, initializer=init_worker, initargs=(self.clean, tokenizer, self.dtype.name)
+            shared = tokenizer if start_method == "fork" or tokenizer is None else str(self.tmp)
+            pool = multiprocessing.get_context(start_method).Pool(
+                self.workers, initializer=init_worker, initargs=(self.clean, shared, self.dtype.name)
             )
-        local = DocumentProcessor(self.clean, self.tokenizer, self.dtype)
+        local = getattr(DocumentProcessor(self.clean, tokenizer, self.dtype), method)
         try:
             pending: deque = deque()
-            # Validation sources first, so that a document in both keeps its validation copy.
-            order = sorted(range(len(self.sources)), key=lambda i: not self.is_val_source[i])
-            count = 0
-            for index in order:
-                for batch, size in self._batches(self.sources[index], self.source_stats[index]):
-                    count += 1
-                    # The main process takes every (workers + 1)-th batch itself rather than wait idle.
-                    if pool is None or count % (self.workers + 1) == 0:
-                        pending.append((index, size, local.process(batch)))
-                    else:
-                        pending.append((index, size, pool.apply_async(process_in_worker, (batch,))))
-                    while len(pending) > (2 * self.workers if pool else 0):
-                        yield from self._drain(pending.popleft(), bar)
+            for count, (key, size, batch) in enumerate(tasks, 1):
+                # The main process takes every (workers + 1)-th batch itself rather than wait idle.
+                if pool is None or count % (self.workers + 1) == 0:
+                    pending.append((key, size, local(batch)))
+                else:
+                    pending.append((key, size, pool.apply_async(run_in_worker, (method, batch))))
+                while len(pending) > (2 * self.workers if pool else 0):
+                    yield self._drain(pending.popleft(), bar)
             while pending:
-                yield from self._drain(pending.popleft(), bar)
+                yield self._drain(pending.popleft(), bar)
         finally:
-            bar.close()
             if pool is not None:
                 pool.terminate()
                 pool.join()
 
     @staticmethod
     def _drain(entry, bar):
-        index, size, results = entry
+        key, size, results = entry
         if not isinstance(results, list):
             results = results.get()
         bar.update(size)
-        for result in results:
-            yield index, result
+        return key, results
 
     def build(self) -> dict:
-        """Run every stage in the scratch folder; return meta.json's content."""
-        start = time.perf_counter()
-        tokenizer = self.tokenizer = self._tokenizer()
-        tokenizer.save(self.tmp)
-        vocab_size = tokenizer.vocab_size
-        if self.options.dtype == "uint16" and vocab_size > 65536:
-            raise SlmError(f"vocab size {vocab_size} does not fit uint16 tokens; use --dtype uint32")
-        self.dtype = np.dtype(self.options.dtype or ("uint16" if vocab_size <= 65536 else "uint32"))
+        """Run every stage in the scratch folder; return meta.json's content.
 
-        docs = self._collect()
+        A ready tokenizer tokenizes in the pass that reads the sources. One trained here learns from
+        training text only: the pass keeps the cleaned text, the split is decided on its size in bytes,
+        the tokenizer is trained on the training side, and then the kept documents are tokenized."""
+        start = time.perf_counter()
+        arg = self.tokenizer_arg
+        trains = not isinstance(arg, Tokenizer) and needs_training(str(arg))
+        tokenizer = None if trains else self._use_tokenizer(load_tokenizer(arg))
+        docs = self._collect(tokenizer)
         roots, pairs = self._group(docs)
         sources = np.frombuffer(docs.source, dtype=np.int64)
         is_val_doc = np.array(self.is_val_source, dtype=bool)[sources]
-        dest, split_counts = assign_split(roots, np.frombuffer(docs.tokens, dtype=np.int64), is_val_doc,
-                                          docs.hashes, self.options.val, self.options.seed,
-                                          drop_near_duplicates=self.options.near_dup == "drop")
+        sizes = np.frombuffer(docs.text_bytes if trains else docs.tokens, dtype=np.int64)
+        dest, split_counts = assign_split(roots, sizes, is_val_doc, docs.hashes, self.options.val,
+                                          self.options.seed, drop_near_duplicates=self.options.near_dup == "drop")
         docs.filters.update(split_counts)
+        trained_on = None
+        if trains:
+            tokenizer, trained_on = self._train_tokenizer(docs, dest)
+            self._use_tokenizer(tokenizer)
+            self._tokenize(docs, dest, tokenizer)
         t0 = time.perf_counter()
         weights = np.array([s.weight for s in self.sources])[sources]
         repeats = repeat_counts(dest, weights, docs.hashes)
@@ -464,11 +508,12 @@ class _Builder:
         self.timings["write_s"] = round(time.perf_counter() - t0, 3)
         health, leak = self._reports(tokenizer, splits, pairs, dest)
         self.timings["total_s"] = round(time.perf_counter() - start, 3)
-        return self._meta(tokenizer, docs, roots, pairs, dest, splits, per_source, health, leak)
+        return self._meta(tokenizer, trained_on, docs, roots, pairs, dest, splits, per_source, health, leak)
 
-    def _collect(self) -> _Documents:
-        """The pass over the sources: filter counts, and per kept document its scratch tokens,
-        signature and hash (the first of each exact duplicate kept)."""
+    def _collect(self, tokenizer: Tokenizer | None) -> _Documents:
+        """The pass over the sources: filter counts, and per kept document its scratch tokens (its
+        cleaned text when `tokenizer` is None), signature and hash (the first of each exact duplicate
+        kept)."""
         self.source_stats = [{"raw_bytes": 0, "sha256": None} for _ in self.sources]
         total_bytes = None
         if all(s.kind == "local" for s in self.sources):
@@ -477,9 +522,10 @@ class _Builder:
         seen: set[bytes] = set()
         offset = 0
         start = time.perf_counter()
-        with open(self.tmp / "scratch_tokens.bin", "wb") as token_file, \
+        scratch = "scratch_tokens.bin" if tokenizer is not None else "scratch_text.bin"
+        with open(self.tmp / scratch, "wb") as scratch_file, \
                 open(self.tmp / "scratch_signatures.bin", "wb") as sig_file:
-            for source_index, result in self._results(self.tmp, total_bytes):
+            for source_index, result in self._results(tokenizer, total_bytes):
                 if result.replaced or result.reason == "decode_error":
                     docs.decode_problems += 1
                     if len(docs.decode_problem_files) < 100:
@@ -495,24 +541,68 @@ class _Builder:
                 docs.names.append(result.name)
                 docs.hashes.append(result.hash)
                 docs.source.append(source_index)
-                docs.offset.append(offset)
-                docs.tokens.append(len(result.tokens))
                 docs.text_bytes.append(result.n_bytes)
-                result.tokens.tofile(token_file)
-                offset += len(result.tokens)
+                if result.tokens is None:
+                    scratch_file.write(result.text)
+                    docs.offset.append(0)
+                    docs.tokens.append(0)
+                else:
+                    docs.offset.append(offset)
+                    docs.tokens.append(len(result.tokens))
+                    result.tokens.tofile(scratch_file)
+                    offset += len(result.tokens)
                 if result.signature is not None:
                     result.signature.tofile(sig_file)
                     docs.signature_row.append(docs.n_signatures)
                     docs.n_signatures += 1
                 else:
                     docs.signature_row.append(-1)
-                rate = offset / max(time.perf_counter() - start, 1e-9) / 1e6
-                self.bar.set_postfix_str(f"{rate:.2f}M tok/s", refresh=False)
-        self.timings["read_clean_tokenize_s"] = round(time.perf_counter() - start, 3)
+                if offset:
+                    rate = offset / max(time.perf_counter() - start, 1e-9) / 1e6
+                    self.bar.set_postfix_str(f"{rate:.2f}M tok/s", refresh=False)
+        self.timings["read_clean_tokenize_s" if tokenizer is not None else "read_clean_s"] = \
+            round(time.perf_counter() - start, 3)
         if not docs.names:
             counts = ", ".join(f"{k}: {v}" for k, v in docs.filters.items()) or "no documents found"
             raise SlmError(f"every document was filtered out ({counts}); check the sources and --min-chars")
         return docs
+
+    def _tokenize(self, docs: _Documents, dest: np.ndarray, tokenizer: Tokenizer) -> None:
+        """Tokenize the kept documents' text from the scratch text file (worker processes, corpus order)
+        into the scratch token file, filling `docs.offset` and `docs.tokens`; then drop the text file."""
+        from tqdm import tqdm
+
+        start = time.perf_counter()
+        kept = np.flatnonzero(dest >= 0)
+
+        def tasks():
+            indices, batch, size = [], [], 0
+            for i, data in self._scratch_texts(docs, kept):
+                indices.append(i)
+                batch.append(data)
+                size += len(data)
+                if size >= BATCH_BYTES:
+                    yield indices, size, batch
+                    indices, batch, size = [], [], 0
+            if batch:
+                yield indices, size, batch
+
+        total = int(np.frombuffer(docs.text_bytes, dtype=np.int64)[kept].sum())
+        offset = 0
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", disable=not self.progress,
+                   smoothing=0.1, dynamic_ncols=True)
+        with bar, contextlib.closing(self._map("tokenize", tasks(), tokenizer, bar)) as batches, \
+                open(self.tmp / "scratch_tokens.bin", "wb") as token_file:
+            for indices, results in batches:
+                for i, tokens in zip(indices, results):
+                    docs.offset[i] = offset
+                    docs.tokens[i] = len(tokens)
+                    tokens.tofile(token_file)
+                    offset += len(tokens)
+                bar.set_postfix_str(f"{offset / max(time.perf_counter() - start, 1e-9) / 1e6:.2f}M tok/s",
+                                    refresh=False)
+        (self.tmp / "scratch_text.bin").unlink()
+        self.timings["tokenize_s"] = round(time.perf_counter() - start, 3)
 
     def _group(self, docs: _Documents) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
         """Union-find roots of the documents (near-duplicates, and pieces of one large file, share a
@@ -557,7 +647,7 @@ class _Builder:
         self.timings["reports_s"] = round(time.perf_counter() - start, 3)
         return health, leak
 
-    def _meta(self, tokenizer, docs, roots, pairs, dest, splits, per_source, health, leak) -> dict:
+    def _meta(self, tokenizer, trained_on, docs, roots, pairs, dest, splits, per_source, health, leak) -> dict:
         options = self.options
         if docs.decode_problems:
             self.warnings.append(f"{docs.decode_problems} documents had invalid UTF-8 (policy {options.encoding_errors})")
@@ -576,6 +666,7 @@ class _Builder:
                 "name": tokenizer.name, "kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size,
                 "eot_id": tokenizer.eot_id, "pad_id": tokenizer.pad_id, "files": MANIFEST,
                 "tiktoken": bool(getattr(tokenizer, "uses_tiktoken", False)),
+                "trained_on": trained_on,  # None for a ready tokenizer; else {"split": "train", ...}
             },
             "vocab_size": tokenizer.vocab_size,
             "dtype": self.dtype.name,

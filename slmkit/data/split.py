@@ -33,8 +33,8 @@ def assign_split(roots: np.ndarray, tokens: np.ndarray, is_val_doc: np.ndarray, 
     """Where each document goes: an int8 array of TRAIN (0), VAL (1) or DROPPED (-1), and counts of
     the drops {"near_duplicate_dropped", "near_duplicate_of_val"}.
 
-    roots: group of each document (documents with equal roots are near-duplicates); tokens: tokens per
-    document; is_val_doc: documents from explicit validation sources (then `val` is unused, and
+    roots: group of each document (documents with equal roots are near-duplicates); tokens: size of each
+    document, in tokens (in UTF-8 bytes when the tokenizer is trained after the split); is_val_doc: documents from explicit validation sources (then `val` is unused, and
     training documents grouped with one are dropped); val: share of tokens (0 < val < 1) or number of
     documents (>= 1). drop_near_duplicates keeps only the first document of each group.
     Raises SlmError when either split would be empty.

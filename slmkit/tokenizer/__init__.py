@@ -94,7 +94,8 @@ def _load_manifest(directory: Path, manifest_path: Path) -> Tokenizer:
     if kind == "gpt2":
         return load_gpt2()
     if kind == "char":
-        return CharTokenizer(manifest["chars"], name=manifest.get("name", "char"))
+        return CharTokenizer(manifest["chars"], name=manifest.get("name", "char"),
+                             unknown=manifest.get("unk_id") is not None)
     if kind in ("bpe", "hf"):
         file = directory / "tokenizer.json"
         if not file.is_file():

@@ -1,7 +1,9 @@
 """Character-level tokenizer (as in nanoGPT's shakespeare_char): one id per character seen in training.
 
 Ids 0..n-1 are the sorted characters, id n is `<|endoftext|>`. Encoding is a numpy table lookup over
-code points, so it is fast; a character that was not in the training text is an error, not a guess.
+code points, so it is fast; a character that was not in the training text is an error, not a guess,
+unless the tokenizer was made with `unknown=True`: then id n + 1 is `<|unk|>` and stands for any such
+character (what `prepare` uses, since validation text may hold characters training text lacks).
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ import numpy as np
 from slmkit.errors import SlmError
 from slmkit.tokenizer.base import EOT_TOKEN, Tokenizer
 
+UNK_TOKEN = "<|unk|>"
+
 
 class CharTokenizer(Tokenizer):
     kind = "char"
 
-    def __init__(self, chars: Iterable[str], name: str = "char"):
+    def __init__(self, chars: Iterable[str], name: str = "char", unknown: bool = False):
         self.chars = sorted(set(chars))
         if any(len(c) != 1 for c in self.chars):
             raise SlmError("a character tokenizer's vocabulary must hold single characters")
         self.name = name
         self.eot_id = len(self.chars)
         self.pad_id = None
-        self.vocab_size = len(self.chars) + 1
+        self.unk_id = len(self.chars) + 1 if unknown else None
+        self.vocab_size = len(self.chars) + (2 if unknown else 1)
         top = max((ord(c) for c in self.chars), default=0)
         self._table = np.full(top + 1, -1, dtype=np.int64)
         for index, char in enumerate(self.chars):
@@ -36,7 +41,9 @@ class CharTokenizer(Tokenizer):
         inside = points < len(self._table)
         ids = np.full(len(points), -1, dtype=np.int64)
         ids[inside] = self._table[points[inside]]
-        if (ids < 0).any():
+        if self.unk_id is not None:
+            ids[ids < 0] = self.unk_id
+        elif (ids < 0).any():
             unknown = sorted({chr(p) for p in points[ids < 0][:1000]})
             raise SlmError(
                 f"characters not in the {self.vocab_size}-id character vocabulary: {unknown[:10]!r}; "
@@ -53,28 +60,34 @@ class CharTokenizer(Tokenizer):
             i = int(i)
             if i < len(self.chars):
                 out.append(self.chars[i])
-            elif i == self.eot_id and not skip_special_tokens:
-                out.append(EOT_TOKEN)
+            elif not skip_special_tokens and i in (self.eot_id, self.unk_id):
+                out.append(EOT_TOKEN if i == self.eot_id else UNK_TOKEN)
         return "".join(out)
 
     def token_byte_lengths(self) -> np.ndarray:
-        return np.array([len(c.encode("utf-8")) for c in self.chars] + [0], dtype=np.int64)
+        specials = [0] * (self.vocab_size - len(self.chars))
+        return np.array([len(c.encode("utf-8")) for c in self.chars] + specials, dtype=np.int64)
 
     def _manifest_extra(self, directory: Path) -> dict:
-        return {"chars": "".join(self.chars)}
+        return {"chars": "".join(self.chars), **({"unk_id": self.unk_id} if self.unk_id is not None else {})}
 
     def to_hf_tokenizer(self):
-        """A WordLevel tokenizer over single characters (unknown characters map to end-of-text there,
-        since `tokenizers` needs an unknown token; slmkit itself refuses them)."""
+        """A WordLevel tokenizer over single characters. Characters outside the vocabulary map to
+        `<|unk|>` when this tokenizer has it, else to end-of-text (`tokenizers` needs an unknown token;
+        slmkit itself refuses them then)."""
         from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
         from tokenizers import Tokenizer as HFTokenizer
 
         vocab = {c: i for i, c in enumerate(self.chars)}
         vocab[EOT_TOKEN] = self.eot_id
-        hf = HFTokenizer(models.WordLevel(vocab=vocab, unk_token=EOT_TOKEN))
+        specials = [EOT_TOKEN]
+        if self.unk_id is not None:
+            vocab[UNK_TOKEN] = self.unk_id
+            specials.append(UNK_TOKEN)
+        hf = HFTokenizer(models.WordLevel(vocab=vocab, unk_token=specials[-1]))
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         hf.decoder = decoders.Fuse()
-        hf.add_special_tokens([AddedToken(EOT_TOKEN, special=True, normalized=False)])
+        hf.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
         return hf
 
 
