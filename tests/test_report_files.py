@@ -1,13 +1,15 @@
 """The report: report.md with the numbers, warnings and evaluation table, and real PNG plots."""
 
 import pytest
-from train_support import tiny_overrides, write_dataset
+from train_support import one_thread, tiny_overrides, write_dataset
 
 from slmkit.errors import SlmError
 from slmkit.report import write_report
 from slmkit.train import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 @pytest.fixture(scope="module")

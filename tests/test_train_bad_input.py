@@ -4,11 +4,13 @@ import json
 
 import pytest
 import torch
-from train_support import tiny_overrides, write_dataset
+from train_support import one_thread, tiny_overrides, write_dataset
 
 from slmkit.cli import main
 from slmkit.errors import SlmError
 from slmkit.train import train
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from train_support import tiny_overrides, train_events, write_dataset
+from train_support import one_thread, tiny_overrides, train_events, write_dataset
 
 from slmkit.train import train
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,14 @@ import math
 
 import pytest
 import torch
-from train_support import tiny_overrides, train_events, write_dataset
+from train_support import one_thread, tiny_overrides, train_events, write_dataset
 
 from slmkit.errors import SlmError
 from slmkit.model import load_model
 from slmkit.train import train
 from slmkit.train.metrics import honesty_warnings
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from train_support import one_thread
 
 from slmkit.errors import SlmError
 from slmkit.model import ModelConfig, Transformer
@@ -16,6 +17,8 @@ from slmkit.train.optim import (
     zeropower_via_newtonschulz5,
 )
 from slmkit.train.schedule import lr_factor
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 def small_model(**changes) -> Transformer:

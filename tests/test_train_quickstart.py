@@ -1,9 +1,12 @@
 """The quick start: Shakespeare (or the stdlib when it cannot be fetched), nano, samples, report."""
 
 import pytest
+from train_support import one_thread
 
 from slmkit.errors import SlmError
 from slmkit.train import quickstart as quickstart_module
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 def test_default_data_falls_back_to_the_python_stdlib_when_shakespeare_fails(tmp_path, monkeypatch):

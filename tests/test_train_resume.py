@@ -5,10 +5,12 @@ Starting from a checkpoint's weights (--init-from) is a different thing: a fresh
 import json
 
 import pytest
-from train_support import tiny_overrides, train_events, write_dataset
+from train_support import one_thread, tiny_overrides, train_events, write_dataset
 
 from slmkit.errors import SlmError
 from slmkit.train import train
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 @pytest.fixture(scope="module")

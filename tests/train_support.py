@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 WORDS = ("the", "king", "queen", "speaks", "sleeps", "to", "a", "fool", "and", "knight", "rides",
          "sings", "of", "love", "war", "night", "day", "my", "lord", "good")
@@ -82,3 +85,18 @@ def _toml(value) -> str:
 def train_events(run_dir: Path, event: str = "train") -> list[dict]:
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     return [e for e in map(json.loads, lines) if e["event"] == event]
+
+
+@pytest.fixture(scope="module", autouse=False)
+def one_thread():
+    """Train with one intra-op thread: the tiny test models gain nothing from more, and on a busy
+    machine OpenMP threads waiting on each other make each step up to 100x slower."""
+    previous_env, previous_threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
+    os.environ["OMP_NUM_THREADS"] = "1"  # slmkit.runtime.configure_threads honours it
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous_threads)
+    if previous_env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = previous_env

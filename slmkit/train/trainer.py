@@ -390,6 +390,12 @@ class Trainer:
                 logger.log("start", 0, parameters=self.model.num_parameters(), device=self.setup.description,
                            precision=self.setup.precision, world_size=self.dist.world_size,
                            tokens_per_step=self.tokens_per_step)
+                length = (f"time budget {config.time_budget:g} s" if config.time_budget
+                          else f"{config.max_steps:,} steps")
+                self._print(f"training {self.model_config.name or 'a model'} ({self.model.num_parameters():,} "
+                            f"parameters) on {self.setup.description} in {self.setup.precision}"
+                            f"{f' x {self.dist.world_size} processes' if self.dist.enabled else ''}: "
+                            f"{self.tokens_per_step:,} tokens per step, {length}; run directory {self.run_dir}")
                 for message in self.data.meta.get("warnings") or []:  # prepare's leak and health checks
                     logger.log("warning", 0, kind="dataset", message=f"dataset {self.data_dir.name}: {message}")
                     self._print(f"warning: dataset {self.data_dir.name}: {message}")
