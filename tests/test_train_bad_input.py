@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from train_support import one_thread, tiny_overrides, write_dataset
+from train_support import dataset_vocab, one_thread, tiny_overrides, write_dataset
 
 from slmkit.cli import main
 from slmkit.errors import SlmError
@@ -39,8 +39,9 @@ def test_incomplete_dataset_directory(tmp_path, data_dir):
 
 def test_dataset_vocab_differs_from_the_model_names_both_and_the_fix(tmp_path, data_dir):
     overrides = tiny_overrides(data_dir) + ["vocab_size=4096"]
-    with pytest.raises(SlmError, match=r"tokenizer has 24 tokens but the model's vocab_size is 4,096; add "
-                                       r"--set vocab_size=24"):
+    vocab = dataset_vocab(data_dir)
+    with pytest.raises(SlmError, match=rf"tokenizer has {vocab} tokens but the model's vocab_size is 4,096; add "
+                                       rf"--set vocab_size={vocab}"):
         train(data_dir, tmp_path / "run", overrides=overrides, quiet=True)
     assert not (tmp_path / "run").exists()
 
