@@ -1,6 +1,7 @@
 """Bad input gets a clear SlmError (through the CLI: a message, no traceback) and changes nothing on disk."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -89,3 +90,12 @@ def test_cli_train_and_report_end_to_end(tmp_path, data_dir, capsys):
     (run / "report.md").unlink()
     assert main(["report", str(run)]) == 0
     assert (run / "report.md").is_file()
+
+
+def test_run_directory_defaults_to_runs_slash_the_model_name(tmp_path, data_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = tiny_overrides(data_dir, max_steps=1, eval_interval=0) + ["name=\"tiny\""]
+    first = train(data_dir, overrides=overrides, quiet=True, report=False)
+    second = train(data_dir, overrides=overrides, quiet=True, report=False)
+    assert (first.run_dir, second.run_dir) == (Path("runs/tiny"), Path("runs/tiny-2"))
+    assert (tmp_path / "runs" / "tiny-2" / "config.json").is_file()

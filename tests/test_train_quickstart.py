@@ -28,7 +28,7 @@ def test_quickstart_never_reuses_an_existing_run_directory(tmp_path):
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "quickstart").mkdir()
     (tmp_path / "runs" / "quickstart" / "config.json").write_text("{}")
-    assert quickstart_module._free_run_dir(tmp_path / "runs" / "quickstart") == tmp_path / "runs" / "quickstart-2"
+    assert quickstart_module.free_run_dir(tmp_path / "runs" / "quickstart") == tmp_path / "runs" / "quickstart-2"
 
 
 @pytest.mark.slow

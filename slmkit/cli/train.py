@@ -12,7 +12,8 @@ def register(subparsers) -> None:
                     "--set (model fields bare, training fields as train.FIELD). Under "
                     "`torchrun --nproc_per_node=N` the same command trains with DDP.")
     train.add_argument("--data", help="the dataset directory (from `slm prepare`); a resumed run reuses its own")
-    train.add_argument("--out", help="the run directory to create")
+    train.add_argument("--out", help="the run directory to create (default runs/<model name>, or the next free "
+                                      "runs/<name>-N)")
     add_config_arguments(train)
     train.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where it stopped")
     train.add_argument("--init-from", metavar="CHECKPOINT",

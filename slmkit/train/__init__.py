@@ -15,9 +15,9 @@ from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.train.config import TrainConfig
-from slmkit.train.trainer import Trainer, TrainResult, read_run_config
+from slmkit.train.trainer import Trainer, TrainResult, free_run_dir, read_run_config
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "read_run_config", "resolve_configs", "train"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "free_run_dir", "read_run_config", "resolve_configs", "train"]
 
 
 def resolve_configs(preset: str | None = None, config: str | Path | None = None,
@@ -53,7 +53,7 @@ def train(data: str | Path | None = None, out: str | Path | None = None, *, pres
     """Train a model on the dataset directory `data`, writing the run directory `out`.
 
     Configs come from `preset` < `config` file < `overrides` (or pass ModelConfig/TrainConfig
-    objects). resume: a run directory to continue exactly (its data and configs are reused; train
+    objects). `out` defaults to runs/<model name> (runs/<name>-2 and so on when taken). resume: a run directory to continue exactly (its data and configs are reused; train
     overrides such as train.max_steps apply). init_from: a checkpoint or run directory whose weights
     start this new run. At the end (on the main process) samples.md and the report are written.
     Raises SlmError for bad input, before anything on disk is changed.
@@ -62,12 +62,12 @@ def train(data: str | Path | None = None, out: str | Path | None = None, *, pres
 
     if resume is not None:
         out = resume
-    if out is None:
-        raise SlmError("no run directory given: pass --out DIR (or --resume RUN)")
     if model_config is None or train_config is None:
         resolved_model, resolved_train = resolve_configs(preset, config, overrides, resume)
         model_config = model_config or resolved_model
         train_config = train_config or resolved_train
+    if out is None:  # runs/<model name>, or the next free runs/<name>-N
+        out = free_run_dir(Path("runs") / ((model_config.name if model_config else "") or "run"))
     trainer = Trainer(data, out, model_config, train_config, resume=resume is not None, init_from=init_from,
                       overwrite=overwrite, quiet=quiet, on_step=on_step)
     try:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from slmkit.errors import SlmError
-from slmkit.train.trainer import TrainResult
+from slmkit.train.trainer import TrainResult, free_run_dir
 
 TOKENIZER = "bpe:4096"
 
@@ -29,16 +29,6 @@ def prepare_default_data(data_dir: str | Path, quiet: bool = False):
         return prepare("python-stdlib", fallback, TOKENIZER, progress=not quiet)
 
 
-def _free_run_dir(out: Path) -> Path:
-    """`out` itself when unused, else out-2, out-3, ... (a quick start never overwrites a run)."""
-    if not out.exists() or not any(out.iterdir()):
-        return out
-    index = 2
-    while Path(f"{out}-{index}").exists():
-        index += 1
-    return Path(f"{out}-{index}")
-
-
 def quickstart(minutes: float = 3.0, data_dir: str | Path = "data/shakespeare-bpe4096",
                out: str | Path = "runs/quickstart", overrides: list[str] | tuple[str, ...] = (),
                quiet: bool = False) -> TrainResult:
@@ -48,7 +38,7 @@ def quickstart(minutes: float = 3.0, data_dir: str | Path = "data/shakespeare-bp
     say = (lambda text: None) if quiet else print
     say(f"[1/3] preparing the data in {data_dir} (tokenizer {TOKENIZER})")
     dataset = prepare_default_data(data_dir, quiet)
-    run_dir = _free_run_dir(Path(out))
+    run_dir = free_run_dir(out)
     say(f"[2/3] training the nano preset for {minutes:g} minutes into {run_dir}")
     # Small steps (8 x 256 tokens): in a few CPU minutes more updates beat bigger batches.
     settings = [f"train.time_budget={minutes * 60}", "train.max_steps=1000000", "train.warmup_steps=30",

@@ -88,6 +88,17 @@ def read_run_config(run_dir: str | Path) -> dict:
     return config
 
 
+def free_run_dir(out: str | Path) -> Path:
+    """`out` itself when unused, else out-2, out-3, ... (never an existing run)."""
+    out = Path(out)
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    index = 2
+    while Path(f"{out}-{index}").exists():
+        index += 1
+    return Path(f"{out}-{index}")
+
+
 def architecture_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
     """Fields that make two model configs different networks (name, dropout and notes aside)."""
     ignore = {"name", "dropout", "extra"}
