@@ -454,6 +454,8 @@ class Trainer:
                     last_eval_step = self.step
                 elif self._periodic_due():
                     self._save(periodic=True, best=False, last=True)
+                if evaluate_now or self._periodic_due():  # throughput counts training time only
+                    last_log_time, last_log_tokens = time.time(), self.tokens
                 if self.on_step is not None:
                     self.on_step(self)
             # -- the end: a final evaluation and checkpoint, or an interrupted one --------------
