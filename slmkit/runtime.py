@@ -86,17 +86,17 @@ def configure_threads() -> int:
 
 @functools.cache
 def measure_matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu", size: int = 2048,
-                        seconds: float = 0.5) -> float:
+                        seconds: float = 1.0) -> float:
     """Measured dense matmul throughput (GFLOP/s) of `size` x `size` products in `dtype` on `device`.
 
-    The best of a few timed rounds after a warm-up: what this machine's matmul library actually
-    reaches, the honest denominator for MFU on CPUs whose datasheet peak is not known. Cached per
-    process.
+    The fastest single product within `seconds` after a warm-up: what this machine's matmul library
+    reaches when nothing else runs, the honest denominator for MFU on CPUs whose datasheet peak is
+    unknown (the fastest, not the mean, so that a busy machine does not flatter the MFU). Cached
+    per process.
     """
     device = torch.device(device)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    flops = 2 * size**3
 
     def sync():
         if device.type == "cuda":
@@ -106,18 +106,14 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu",
         for _ in range(2):
             torch.mm(a, b)
         sync()
-        best = 0.0
+        fastest = float("inf")
         deadline = time.perf_counter() + seconds
-        while True:
+        while time.perf_counter() < deadline:
             start = time.perf_counter()
-            repeats = 4
-            for _ in range(repeats):
-                torch.mm(a, b)
+            torch.mm(a, b)
             sync()
-            elapsed = time.perf_counter() - start
-            best = max(best, repeats * flops / elapsed / 1e9)
-            if time.perf_counter() > deadline:
-                return best
+            fastest = min(fastest, time.perf_counter() - start)
+    return 2 * size**3 / fastest / 1e9
 
 
 def mfu(tokens_per_second: float, flops_per_token: float, peak_gflops: float) -> float:
