@@ -98,6 +98,8 @@ def test_init_from_starts_a_new_run_from_the_weights_with_a_fresh_optimizer(data
     assert config["init_from"].endswith("best") and config["model"]["d_model"] == 32
     first = train_events(run)[0]
     assert first["step"] == 1  # a new run counts from zero
+    train(resume=run, overrides=["train.max_steps=2"], quiet=True, report=False)
+    assert json.loads((run / "config.json").read_text())["init_from"] == config["init_from"]
     # with a ~zero learning rate one step changes nothing: the new run starts at the source's quality
     assert train_events(run, "eval")[-1]["val_loss"] == pytest.approx(source_loss, abs=1e-4)
 

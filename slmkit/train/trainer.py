@@ -144,6 +144,7 @@ class Trainer:
         self.is_main = self.dist.is_main
 
         saved = read_run_config(self.run_dir) if resume else None
+        self.saved_init_from = saved.get("init_from") if saved else None  # kept across resumes
         if resume and data_dir is None:
             data_dir = saved["data"]["path"]
         if data_dir is None:
@@ -306,7 +307,7 @@ class Trainer:
             "train": self.config.to_dict(),
             "data": {"path": str(self.data_dir), "vocab_size": meta.get("vocab_size"),
                      "tokenizer": meta.get("tokenizer"), "splits": meta.get("splits")},
-            "init_from": str(self.init_from) if self.init_from else None,
+            "init_from": str(self.init_from) if self.init_from else self.saved_init_from,
             "parameters": self.model.num_parameters(),
             "seq_len": self.seq_len,
             "tokens_per_step": self.tokens_per_step,
