@@ -29,7 +29,7 @@ def write_samples_file(path: Path, samples: list[tuple[str, str]], step: int) ->
     """samples.md: one section per sample, the prompt in bold."""
     from slmkit.train.trainer import write_text_atomic
 
-    lines = [f"# Samples at step {step}", "", "Temperature 0.8, top-k 50.", ""]
+    lines = [f"# Samples at step {step}", "", "From the final weights; temperature 0.8, top-k 50.", ""]
     for index, (prompt, text) in enumerate(samples, 1):
         lines += [f"## Sample {index}", "", "```", (f"{prompt}" if prompt else "") + text, "```", ""]
     write_text_atomic(Path(path), "\n".join(lines))
