@@ -7,11 +7,17 @@ measured in the same run, for
 in fp32 and bf16 autocast, eager and torch.compile, at batch 16 x 256 on random tokens (or windows
 of a prepared dataset with --data).
 
-Each case runs in its own subprocess, so no case inherits another's compiled code, allocator state
-or memory fragmentation. Each side runs as its user gets it out of the box: slmkit with the
-settings its trainer applies itself (slmkit.runtime.tune_allocator), Hugging Face with the glibc
-defaults. `--hf-allocator tuned` (or `both`) also gives Hugging Face slmkit's allocator setting, to
-separate what the allocator does from what the model code does.
+Each case runs in its own process, so no case inherits another's compiled code, allocator state
+or memory fragmentation. The cases compared with each other (same family, precision and mode) are
+warmed up one after the other, then take turns step by step (ABBA order), so a change in the
+machine's load hits them alike and their ratio holds on a busy machine.
+
+Each side runs as its user gets it out of the box: slmkit as its trainer runs it (fused chunked
+cross-entropy, plain attention on CPU bf16, `slmkit.runtime.tune_allocator`), Hugging Face with
+its defaults (SDPA, full logits, glibc's default allocator). `--hf-allocator tuned` (or `both`)
+also gives Hugging Face slmkit's allocator setting; `--ablations allocator,attention,loss` adds
+slmkit runs with one of its speed-ups turned off, to measure what each brings. Both sides use the
+same optimizer, torch.optim.AdamW with PyTorch's default (foreach) implementation.
 
     .venv/bin/python bench/bench_train.py                       # everything, ~10 min on 2 cores
     .venv/bin/python bench/bench_train.py --families llama --precisions bf16 --modes compile
@@ -334,12 +340,15 @@ def docs_section(results, peaks, info, args, command: str, started: str, elapsed
     return (
         f"{DOCS_SECTION}\n\n"
         f"Forward + backward + AdamW step, batch {args.batch} x {args.seq} tokens, {data}; "
-        f"{args.warmup} warm-up steps then the median of {args.steps} timed steps. Each case runs in its own "
-        f"process. slmkit runs as its trainer runs (fused chunked cross-entropy, plain attention on CPU bf16, "
-        f"glibc allocator tuned by `slmkit.runtime.tune_allocator`); Hugging Face runs with its defaults "
+        f"{args.warmup} warm-up steps, then {args.steps} timed steps per case (median reported). Each case "
+        f"runs in its own process; the cases of one row group take turns step by step, so their ratios hold "
+        f"under load. slmkit runs as its trainer runs (fused chunked cross-entropy, plain attention on CPU "
+        f"bf16, glibc allocator tuned by `slmkit.runtime.tune_allocator`); Hugging Face runs with its defaults "
         f"(SDPA attention, full logits, glibc's default allocator) and, where shown, with slmkit's allocator "
-        f"setting too. MFU is model FLOPs (6N + attention, `slmkit.model.stats`) over the matmul peak measured "
-        f"in the same run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s.\n\n"
+        f"setting too. Same optimizer on both sides (torch AdamW, foreach). MFU is model FLOPs (6N + attention, "
+        f"`slmkit.model.stats`) over the fastest 2048^3 matmul measured in the same run: fp32 "
+        f"{peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s. \"First step\" includes compilation."
+        f"\n\n"
         f"- Machine: {info['cpu']}, {info['cores']} cores (AVX512-BF16: {info['avx512_bf16']}), "
         f"torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}, "
         f"{info['threads']} threads\n"

@@ -106,3 +106,23 @@ def test_language_model_loss_under_torch_compile_matches_eager():
     compiled.backward()
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model.embed.weight.grad, eager_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_evaluation_under_no_grad_computes_no_gradients(monkeypatch):
+    import slmkit.train.loss as loss_module
+
+    asked = []
+    original = loss_module._chunk_loss_and_grad
+
+    def spy(*args):
+        asked.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(loss_module, "_chunk_loss_and_grad", spy)
+    model = _tiny_model(True)
+    ids = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        loss = language_model_loss(model, ids, ids)
+    assert asked == [False] and not loss.requires_grad
+    language_model_loss(model, ids, ids).backward()
+    assert asked[-1] is True and model.embed.weight.grad is not None

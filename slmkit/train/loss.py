@@ -56,15 +56,17 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     hidden = hidden.reshape(-1, hidden.shape[-1])
     with torch.autocast(hidden.device.type, enabled=False):
         return _LinearCrossEntropy.apply(hidden, weight, targets.reshape(-1), reduction == "sum",
-                                         chunk_rows, compute_dtype)
+                                         chunk_rows, compute_dtype, torch.is_grad_enabled())
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     """Chunked fused output head + cross-entropy; the gradients are made in the forward pass."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, sum_reduction: bool, chunk_rows: int, compute_dtype):
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    def forward(ctx, hidden, weight, targets, sum_reduction: bool, chunk_rows: int, compute_dtype,
+                grad_enabled: bool):
+        # needs_input_grad is True for a parameter even under no_grad (evaluation): check both
+        need_hidden, need_weight = (grad_enabled and needed for needed in ctx.needs_input_grad[:2])
         counted = targets != IGNORE_INDEX
         # mean: divide by the number of counted tokens (0 gives NaN, as F.cross_entropy)
         scale = 1.0 if sum_reduction else 1.0 / counted.sum().to(torch.float32)
@@ -99,7 +101,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
         if grad_weight is not None:
             grad_weight = grad_weight * grad_output.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None
 
 
 def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
@@ -158,12 +160,18 @@ def _chunk_kernel(device_type: str, chunk_elements: int):
 
 
 def _output_head(model):
-    """The output-head Linear of a slmkit Transformer under DDP / torch.compile wrappers, else None."""
+    """The output-head Linear of a slmkit Transformer under DDP / torch.compile wrappers, else None.
+
+    None too under FSDP, whose parameters are only whole inside the forward pass: there the head
+    is applied by the model and the cross-entropy computed on its logits.
+    """
     inner = model
     for _ in range(4):
         inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None) or inner
     head = getattr(inner, "lm_head", None)
     if head is None or getattr(head, "bias", None) is not None or not hasattr(inner, "config"):
+        return None
+    if any(type(m).__name__.startswith("FSDP") for m in (inner, head)):
         return None
     return head
 
