@@ -268,3 +268,25 @@ def test_dataset_warnings_from_prepare_reach_the_log_and_report(tmp_path):
     warnings = train_events(run, "warning")
     assert [w["kind"] for w in warnings] == ["dataset"] and "3.2% of validation" in warnings[0]["message"]
     assert "3.2% of validation 17-grams" in (run / "report.md").read_text()
+
+
+def test_non_finite_gradient_with_a_finite_loss_stops_before_the_weights_are_spoilt(data_dir, tmp_path, monkeypatch):
+    import slmkit.train.trainer as trainer_module
+
+    real_loss = trainer_module.language_model_loss
+    calls = {"n": 0}
+
+    def poisoned_gradient(model, x, y, reduction="mean"):
+        loss = real_loss(model, x, y, reduction)
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                loss.register_hook(lambda grad: grad * float("nan"))
+        return loss
+
+    monkeypatch.setattr(trainer_module, "language_model_loss", poisoned_gradient)
+    run = tmp_path / "run"
+    with pytest.raises(SlmError, match="gradient norm became nan at step 3"):
+        train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=10), quiet=True)
+    model = load_model(run / "checkpoints" / "last")
+    assert all(torch.isfinite(p).all() for p in model.parameters())

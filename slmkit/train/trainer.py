@@ -532,7 +532,8 @@ class Trainer:
                 except Exception as error:
                     if _is_out_of_memory(error):
                         raise SlmError(_out_of_memory_message(config, self.seq_len, setup.device)) from None
-                    if self.compiled is not self.model and not isinstance(error, SlmError):
+                    if self.compiled is not self.model and self.step == self._first_step \
+                            and not isinstance(error, SlmError):
                         self._fall_back_to_eager(error)
                         return self._train_step(stop_flag)
                     raise
@@ -545,15 +546,16 @@ class Trainer:
         loss_value = summary[0].item() / self.dist.world_size
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
-            return self._non_finite(loss_value), None, False
-        self.skipped_in_a_row = 0
-        grad_norm = None
+            return self._non_finite(f"loss became {loss_value}"), None, False
         if self.scaler is not None:
             for optimizer in self.optimizer.optimizers:
                 self.scaler.unscale_(optimizer)
-        if config.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            grad_norm = float(norm)
+        # the norm before clipping (max_norm inf: measured, not clipped)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or math.inf))
+        if not math.isfinite(grad_norm) and self.scaler is None:  # fp16's scaler skips such steps itself
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._non_finite(f"gradient norm became {grad_norm}"), None, False
+        self.skipped_in_a_row = 0
         if self.scaler is not None:
             for optimizer in self.optimizer.optimizers:
                 self.scaler.step(optimizer)
@@ -570,27 +572,28 @@ class Trainer:
         self.compiled = self.model
         self.wrapped = dist_utils.wrap_model(self.model, self.dist, self.setup.device, self.config.parallelism)
 
-    def _non_finite(self, loss_value: float) -> None:
-        """A NaN/inf loss: stop with the last good state saved, or skip the step (train.nan_policy)."""
+    def _non_finite(self, what: str) -> None:
+        """A NaN/inf loss or gradient (`what`, e.g. "loss nan"): stop with the last good state saved,
+        or skip the step (train.nan_policy). Called before the optimizer step, so the weights are good."""
         step = self.step + 1
         if self.config.nan_policy == "skip" and self.skipped_in_a_row < self.config.max_skipped_steps:
             self.skipped_in_a_row += 1
             if self.is_main:
-                self.logger.log("skipped_step", step, loss=str(loss_value))
+                self.logger.log("skipped_step", step, reason=what)
                 if not self.quiet:
-                    print(f"warning: loss {loss_value} at step {step}; step skipped", file=sys.stderr)
+                    print(f"warning: {what} at step {step}; step skipped", file=sys.stderr)
             self.step += 1  # move past the bad batch so the run can continue
             self.tokens += self.tokens_per_step
             return None
         # The weights are still those of the last finite step: save them as last/.
         self._save(periodic=False, best=False, last=True)
         if self.is_main:
-            self.logger.log("stopped", self.step, reason=f"loss {loss_value} at step {step}")
+            self.logger.log("stopped", self.step, reason=f"{what} at step {step}")
         hint = ("lower train.lr, raise train.warmup_steps, keep train.grad_clip on, or use precision fp32/bf16 "
                 "instead of fp16; `--set train.nan_policy=skip` skips such steps instead")
         skipped = (f" after {self.skipped_in_a_row} skipped steps in a row" if self.config.nan_policy == "skip"
                    else "")
-        raise SlmError(f"the training loss became {loss_value} at step {step}{skipped}; stopped, with the last good "
+        raise SlmError(f"the training {what} at step {step}{skipped}; stopped, with the last good "
                        f"weights (step {self.step}) saved in {self.run_dir / 'checkpoints' / 'last'}. To fix: "
                        f"{hint}; then continue with --resume {self.run_dir}")
 
