@@ -144,8 +144,8 @@ def accept_token(state: RowState, token: int, stops: StopChecker,
         state.finish_reason = reason
     else:
         state.tokens.append(token)
-    if stops.tokenizer is None:
-        return
+    if stops.tokenizer is None or (on_text is None and not stops.stop_strings):
+        return  # the text is decoded once at the end
     text = stops.text(state.tokens)
     cut = stops.string_stop(text) if stops.stop_strings else None
     if cut is not None:
