@@ -79,11 +79,11 @@ def measure(model, hf, args, compiled=False) -> dict[str, dict[str, float]]:
         return lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
                                    min_new_tokens=new, eos_token_id=None, pad_token_id=0)
 
-    def prefill_ours():
-        model(long_prompt, cache=model.new_cache(1, args.prefill_tokens))
+    def prefill_ours():  # as generation prefills: the output head on the last position only
+        prefill(model, long_prompt, model.new_cache(1, args.prefill_tokens), None)
 
     def prefill_theirs():
-        hf(long_prompt, use_cache=True)
+        hf(long_prompt, use_cache=True, logits_to_keep=1)
 
     engines = {"slmkit": (ours, prefill_ours), "transformers": (theirs, prefill_theirs)}
     if compiled:
@@ -162,9 +162,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=200)
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--prefill-tokens", type=int, default=240)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", default="1,2",
-                        help="comma-separated torch thread counts, one table each (default 1,2)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", default="1",
+                        help="comma-separated torch thread counts, one table each (default 1: on a shared "
+                             "2-core machine two threads stall on each other's barriers)")
     parser.add_argument("--dtypes", default="fp32,bf16")
     parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd decode step")
     parser.add_argument("--write", action="store_true", help="replace the Generation section of docs/benchmarks.md")

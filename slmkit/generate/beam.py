@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from slmkit.generate.engine import Generation, StopChecker, left_pad, prepare_prompts
+from slmkit.generate.engine import Generation, StopChecker, left_pad, prefill, prepare_prompts
 from slmkit.generate.fast import LeanDecoder
 from slmkit.generate.sampling import NEG_INF, apply_penalties
 
@@ -54,7 +54,7 @@ def beam_search(model, prompts: list[list[int]], config, *, eot_id: int | None =
 
     decoder = LeanDecoder(model)
     cache = model.new_cache(batch * beams, max(max_length - 1, width))
-    logits = model(running[:, :, :width].reshape(batch * beams, width), cache=cache, pad_offsets=flat_pad)[:, -1]
+    logits = prefill(model, running[:, :, :width].reshape(batch * beams, width), cache, flat_pad)
     column = width
     while True:
         log_probs = torch.log_softmax(logits.float(), dim=-1)

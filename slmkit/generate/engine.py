@@ -80,6 +80,13 @@ def left_pad(rows: list[list[int]], width: int | None = None, fill: int = 0):
     return tokens, pad_offsets
 
 
+def prefill(model, tokens: torch.Tensor, cache, pad_offsets: torch.Tensor | None) -> torch.Tensor:
+    """Read prompts (B, T) into `cache`; the logits (B, V) of the last position only (the output head
+    over every position would cost as much as the rest of a short prefill)."""
+    hidden = model(tokens, cache=cache, pad_offsets=pad_offsets, return_hidden=True)
+    return model.lm_head(hidden[:, -1])
+
+
 class StopChecker:
     """Per-row stop rules on accepted tokens, and the streaming text that is safe to show so far."""
 
@@ -212,7 +219,7 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
     if decoder.static:
         capacity = context
     cache = model.new_cache(batch, capacity)
-    logits = model(history[:, :width], cache=cache, pad_offsets=pad_offsets)[:, -1]
+    logits = prefill(model, history[:, :width], cache, pad_offsets)
     uses_penalties = (config.repetition_penalty != 1.0 or config.presence_penalty or config.frequency_penalty
                       or config.no_repeat_ngram_size > 0)
     running = [True] * batch
@@ -247,7 +254,7 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
             kept_tokens, pad_offsets = left_pad(kept, keep)
             pad_offsets = pad_offsets.to(device) if pad_offsets is not None else None
             cache = model.new_cache(batch, capacity)
-            logits = model(kept_tokens.to(device), cache=cache, pad_offsets=pad_offsets)[:, -1]
+            logits = prefill(model, kept_tokens.to(device), cache, pad_offsets)
         else:
             logits = decoder.step(feed, cache, pad_offsets)[:, -1]
     finish_rows(states, on_text)
