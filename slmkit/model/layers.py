@@ -144,23 +144,35 @@ def plain_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, sca
     """softmax(q k^T * scale + mask) v as two batched matmuls and a softmax.
 
     Grouped K/V heads are shared without being repeated: the query heads of a group are stacked
-    as rows, (B, H_kv, G*T, D) against (B, H_kv, S, D).
+    as rows, (B*H_kv, G*T, D) against (B*H_kv, S, D). The mask enters as an additive bias of the
+    first matmul (baddbmm), which needs no masking pass in the backward.
     """
     batch, n_heads, length, head_dim = q.shape
     n_kv_heads, n_keys = k.shape[1], k.shape[2]
     group = n_heads // n_kv_heads
-    scores = (q * scale).reshape(batch, n_kv_heads, group * length, head_dim) @ k.transpose(-1, -2)
-    scores = scores.view(batch, n_kv_heads, group, length, n_keys)
-    if isinstance(mask, str):  # "causal": query i sees keys 0..i
-        mask = torch.ones(length, n_keys, dtype=torch.bool, device=q.device).tril()
-    elif mask is not None:  # (B|1, 1, T, S) -> (B|1, 1, 1, T, S)
-        mask = mask[:, :, None]
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = F.softmax(scores, dim=-1).view(batch, n_kv_heads, group * length, n_keys)
+    rows = q.reshape(batch * n_kv_heads, group * length, head_dim)
+    keys = k.reshape(batch * n_kv_heads, n_keys, head_dim).transpose(1, 2)
+    if mask is None:
+        scores = torch.bmm(rows, keys) * scale
+    else:
+        scores = torch.baddbmm(_mask_bias(mask, q, n_kv_heads, group, n_keys), rows, keys, alpha=scale)
+    weights = F.softmax(scores, dim=-1)
     if dropout_p > 0.0:
         weights = F.dropout(weights, dropout_p)
-    return (weights @ v).view(batch, n_heads, length, head_dim)
+    values = v.reshape(batch * n_kv_heads, n_keys, head_dim)
+    return torch.bmm(weights, values).view(batch, n_heads, length, head_dim)
+
+
+def _mask_bias(mask, q: torch.Tensor, n_kv_heads: int, group: int, n_keys: int) -> torch.Tensor:
+    """An `attention_mask` mask as 0 / -inf in q's dtype, broadcastable to (B*H_kv, G*T, S)."""
+    batch, length = q.shape[0], q.shape[2]
+    if isinstance(mask, str):  # "causal": query i sees keys 0..i
+        mask = torch.ones(length, n_keys, dtype=torch.bool, device=q.device).tril()[None, None]
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    if bias.shape[0] == 1:  # the same for every batch row: (G*T, S), broadcast over B*H_kv
+        return bias[0, 0].repeat(group, 1)
+    bias = bias[:, :, None].expand(batch, n_kv_heads, group, length, n_keys)  # per row: all heads
+    return bias.reshape(batch * n_kv_heads, group * length, n_keys)
 
 
 def attention_mask(query_steps: torch.Tensor, key_steps: torch.Tensor, window: int | None,
