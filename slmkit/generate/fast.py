@@ -14,9 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from slmkit.model.layers import apply_rotary
+from slmkit.model.layers import apply_rotary, attend
 
 
 class LeanDecoder:
@@ -112,9 +111,7 @@ class LeanDecoder:
                     attend_keys, attend_values = layer_keys[:, :, :visible], layer_values[:, :, :visible]
                 else:
                     attend_keys, attend_values = layer_keys, layer_values
-            y = F.scaled_dot_product_attention(
-                q, attend_keys.to(q.dtype), attend_values.to(q.dtype), attn_mask=mask, scale=attn.scale,
-                enable_gqa=attn.n_kv_heads != attn.n_heads)
+            y = attend(q, attend_keys.to(q.dtype), attend_values.to(q.dtype), mask, attn.scale)
             h = attn.out(y.transpose(1, 2).reshape(batch, 1, -1))
             if block.attn_post_norm is not None:
                 h = block.attn_post_norm(h)
