@@ -24,6 +24,7 @@ from slmkit.errors import SlmError
 from slmkit.interop.hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf, hf_family
 from slmkit.interop.hf_state import state_from_hf, state_to_hf, tensor_map
 from slmkit.model.checkpoint import load_state, resolve_checkpoint_dir, write_checkpoint
+from slmkit.utils import replace_dir
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf", "export_hf", "hf_family", "import_hf",
            "read_hf_config", "read_hf_weights", "state_from_hf", "state_to_hf", "tensor_map"]
@@ -175,13 +176,7 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite
             if hf_config.get(key) is None:  # ids recorded at import win over the tokenizer's
                 hf_config[key] = value
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

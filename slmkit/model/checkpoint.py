@@ -20,6 +20,7 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.model.config import ModelConfig
 from slmkit.model.layers import RotaryEmbedding
+from slmkit.utils import replace_dir
 
 FORMAT = "slmkit-checkpoint"
 VERSION = 1
@@ -69,21 +70,11 @@ def write_checkpoint(directory: str | os.PathLike, config: ModelConfig, state: d
                 shutil.copytree(source, tmp / name)
             else:
                 shutil.copy2(source, tmp / name)
-        _replace_dir(tmp, directory)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
 
 
 def save_model(model, directory: str | os.PathLike, extra: dict | None = None,

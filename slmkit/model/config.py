@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from slmkit.errors import SlmError
+from slmkit.utils import dataclass_from_dict
 
 NORMS = ("layernorm", "rmsnorm")
 NORM_PLACEMENTS = ("pre", "sandwich")
@@ -145,17 +146,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict, where: str = "model config") -> ModelConfig:
         """Build a config from a mapping, refusing unknown keys (with the nearest known name)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            import difflib
-
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, known, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise SlmError(f"unknown key(s) in {where}: {', '.join(hints)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, where)
 
     def replace(self, **changes) -> ModelConfig:
         """A copy with `changes`; a derived head_dim is derived again unless given."""

@@ -24,12 +24,12 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.model.checkpoint import (
     CONFIG_FILE,
-    _replace_dir,
     model_state,
     read_checkpoint_config,
     sha256_file,
     write_checkpoint,
 )
+from slmkit.utils import replace_dir
 
 STATE_FILE = "training_state.pt"
 STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -132,7 +132,7 @@ def link_checkpoint(source: Path, target: Path) -> Path:
                 shutil.copytree(item, tmp / item.name, copy_function=_link_or_copy)
             else:
                 _link_or_copy(item, tmp / item.name)
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from slmkit.errors import SlmError
+from slmkit.utils import dataclass_from_dict
 
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
 OPTIMIZERS = ("adamw", "muon")
@@ -138,17 +139,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict, where: str = "train config") -> TrainConfig:
         """Build a config from a mapping, refusing unknown keys (with the nearest known name)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            import difflib
-
-            hints = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, known, n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise SlmError(f"unknown key(s) in {where}: {', '.join(hints)}")
-        return cls(**values)
+        return dataclass_from_dict(cls, values, where)
 
     def replace(self, **changes) -> TrainConfig:
         values = self.to_dict()
