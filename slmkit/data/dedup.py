@@ -71,11 +71,16 @@ def shingle_hashes(text: str | bytes, shingle_chars: int = SHINGLE_CHARS, min_co
         starts = np.arange(last + 1) if len(codes) >= shingle_chars else starts[:0]
     if len(starts) == 0:
         return np.empty(0, dtype=np.uint64)
+    return _hash_shingles(codes, starts, shingle_chars)
+
+
+def _hash_shingles(codes: np.ndarray, starts: np.ndarray, shingle_chars: int) -> np.ndarray:
+    """Mixed 64-bit hashes of the `shingle_chars`-long shingles of `codes` at `starts`."""
     padded = np.zeros(len(codes) + 16, dtype=np.uint8)
     padded[: len(codes)] = codes
     words = np.ndarray((len(codes) + 9,), dtype="<u8", buffer=padded, strides=(1,))  # words[i] = bytes i..i+7
-    first_bytes = min(shingle_chars, 8)
     h = np.take(words, starts)
+    first_bytes = min(shingle_chars, 8)
     if first_bytes < 8:
         h &= np.uint64((1 << (8 * first_bytes)) - 1)
     if shingle_chars > 8:
@@ -147,18 +152,7 @@ def minhash_batch(texts, num_perm: int = NUM_PERM, shingle_chars: int = SHINGLE_
         owner = np.concatenate([owner, np.repeat(docs, np.maximum(count, 0))])
     valid = np.bincount(owner, minlength=n) >= MIN_SHINGLES
 
-    padded = np.zeros(len(codes) + 16, dtype=np.uint8)
-    padded[: len(codes)] = codes
-    words = np.ndarray((len(codes) + 9,), dtype="<u8", buffer=padded, strides=(1,))  # words[i] = bytes i..i+7
-    h = np.take(words, starts)
-    first_bytes = min(shingle_chars, 8)
-    if first_bytes < 8:
-        h &= np.uint64((1 << (8 * first_bytes)) - 1)
-    if shingle_chars > 8:
-        h = h * _MIX + (np.take(words, starts + 8) & np.uint64((1 << (8 * (shingle_chars - 8))) - 1))
-    h *= _MIX
-    h ^= h >> np.uint64(29)
-    h *= _MIX
+    h = _hash_shingles(codes, starts, shingle_chars)
 
     flat = owner * num_perm + (h >> np.uint64(64 - bits)).astype(np.intp)
     mins = np.full(n * num_perm, _EMPTY, dtype=np.uint64)
