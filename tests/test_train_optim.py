@@ -134,3 +134,34 @@ def test_time_budget_drives_the_decay_but_not_the_warmup():
     assert lr_factor(config, 50, time_fraction=1.0) == pytest.approx(0.1)
     wsd = config.replace(schedule="wsd", decay_fraction=0.2)
     assert lr_factor(wsd, 50, time_fraction=0.7) == 1.0 and lr_factor(wsd, 50, time_fraction=0.9) == pytest.approx(0.55)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_adamw_on_cpu_is_the_fused_kernel_and_steps_like_the_foreach_one(optimizer):
+    torch.manual_seed(0)
+    model = small_model()
+    twin = small_model()
+    twin.load_state_dict(model.state_dict())
+    config = TrainConfig(lr=1e-2, weight_decay=0.1, optimizer=optimizer)
+    fused = build_optimizer(model, config, "cpu")
+    adam = fused.optimizers[-1]
+    assert adam.defaults["fused"] is True
+    reference = torch.optim.AdamW(
+        [{**{k: v for k, v in g.items() if k != "params"}, "params": [dict(twin.named_parameters())[n]
+                                                                       for n in names]}
+         for g, names in zip(adam.param_groups, _group_names(model, adam), strict=True)],
+        foreach=True)
+    inputs = torch.randint(0, 64, (2, 16))
+    for _ in range(3):
+        for net, opt in ((model, adam), (twin, reference)):
+            opt.zero_grad()
+            net(inputs).float().square().mean().backward()
+            opt.step()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
+        if any(p is r for g in adam.param_groups for r in g["params"]):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _group_names(model, optimizer):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]

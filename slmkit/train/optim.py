@@ -139,10 +139,19 @@ class CombinedOptimizer:
             opt.load_state_dict(opt_state)
 
 
+# Devices whose tensors torch.optim.AdamW(fused=True) accepts (CPU since PyTorch 2.4).
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig, device_type: str = "cpu") -> CombinedOptimizer:
-    """AdamW (fused on CUDA), or Muon for hidden matrices plus AdamW for the rest, as configured."""
+    """AdamW, or Muon for hidden matrices plus AdamW for the rest, as configured.
+
+    AdamW runs PyTorch's fused kernel (one pass over each parameter) on CUDA and CPU; elsewhere
+    (MPS) its multi-tensor `foreach` form. On CPU the fused step of slm-25m takes 13 ms instead of
+    68 (docs/performance.md).
+    """
     adam_kwargs = dict(lr=config.lr, betas=(config.beta1, config.beta2), eps=config.eps)
-    if device_type == "cuda":
+    if device_type in FUSED_ADAMW_DEVICES:
         adam_kwargs["fused"] = True
     if config.optimizer == "adamw":
         groups = adamw_param_groups(model, config.weight_decay, config.lr)
