@@ -1,0 +1,1 @@
+"""Peer implementations that the benchmarks measure slmkit against, written for the benchmarks."""
