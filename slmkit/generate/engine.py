@@ -175,12 +175,12 @@ def finish_rows(states: list[RowState], on_text: Callable[[int, str], None] | No
                 state.shown = len(state.text)
 
 
-def _generator(config, device) -> torch.Generator | None:
+def _generators(config, device, rows: int) -> list[torch.Generator] | None:
+    """One random stream per row, row i seeded with seed + i: a batch's row i draws exactly what a
+    one-prompt call with seed + i draws, and rows with the same prompt still differ."""
     if config.seed is None:
         return None
-    generator = torch.Generator(device=device)
-    generator.manual_seed(config.seed)
-    return generator
+    return [torch.Generator(device=device).manual_seed(config.seed + row) for row in range(rows)]
 
 
 @torch.inference_mode()
@@ -202,8 +202,8 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
     if config.max_new_tokens == 0:
         return [s.to_generation() for s in states]
     device = next(model.parameters()).device
-    generator = _generator(config, device)
     batch = len(rows)
+    generators = _generators(config, device, batch)
     width = max(len(r) for r in rows)
     total = width + config.max_new_tokens
     prompt_tokens, pad_offsets = left_pad(rows, width)
@@ -231,7 +231,7 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
             scores[:, pad_id] = NEG_INF  # a padding token is never emitted
         if uses_penalties:
             scores = apply_penalties(scores, history[:, :column], history_pad, width, config)
-        tokens = choose_tokens(scores, temperature_at(config, step), config, generator)
+        tokens = choose_tokens(scores, temperature_at(config, step), config, generators)
         history[:, column] = tokens
         column += 1
         for row, token in enumerate(tokens.tolist()):

@@ -95,11 +95,18 @@ def sampling_distribution(logits: torch.Tensor, temperature: float, top_k: int =
     return filter_logits(logits.float() / temperature, top_k, top_p, min_p).softmax(dim=-1)
 
 
-def choose_tokens(scores: torch.Tensor, temperature: float, config, generator: torch.Generator | None) -> torch.Tensor:
-    """The next token of each row (B,): argmax at temperature 0, else a draw from the filtered distribution."""
+def choose_tokens(scores: torch.Tensor, temperature: float, config,
+                  generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """The next token of each row (B,): argmax at temperature 0, else a draw from the filtered distribution.
+
+    generator: None (torch's global stream), one generator for all rows, or one per row.
+    """
     if temperature == 0.0:
         return scores.argmax(dim=-1)
     probs = sampling_distribution(scores, temperature, config.top_k, config.top_p, config.min_p)
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([torch.multinomial(row[None], 1, generator=g)[0] for row, g in zip(probs, generator,
+                                                                                          strict=True)])
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
