@@ -71,6 +71,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     parallelism: str = "ddp"  # under torchrun: "ddp", or "fsdp" (FSDP2, for models that do not fit)
     peak_tflops: float | None = None  # the device's peak for MFU (None: known GPUs only)
+    # CPU intra-op threads: "auto" (follow other processes' load on CPU; OMP_NUM_THREADS wins) or a
+    # fixed number (needed for bitwise-identical resumes)
+    threads: int | str = "auto"
 
     def validate(self) -> TrainConfig:
         """Raise SlmError naming the first field whose value cannot work; return self otherwise."""
@@ -124,6 +127,9 @@ class TrainConfig:
         for name in ("compile", "activation_checkpointing", "tensorboard", "wandb"):
             if not isinstance(getattr(self, name), bool):
                 raise SlmError(f"train.{name} = {getattr(self, name)!r}: must be true or false")
+        if self.threads != "auto" and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                       or self.threads < 1):
+            raise SlmError(f"train.threads = {self.threads!r}: must be \"auto\" or a whole number >= 1")
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
             raise SlmError(f"train.device = {self.device!r}: must be auto, cpu, cuda, cuda:N or mps")
         return self

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slmkit import runtime
 from slmkit.errors import SlmError
 from slmkit.model.config import ModelConfig
 from slmkit.model.stats import model_stats
@@ -32,7 +33,7 @@ from slmkit.train import checkpointing as ckpt
 from slmkit.train import distributed as dist_utils
 from slmkit.train.config import TrainConfig
 from slmkit.train.data import open_training_data, split_bytes_per_token
-from slmkit.train.device import compile_model, peak_flops, setup_device
+from slmkit.train.device import compile_model, peak_flops, pick_device, setup_device
 from slmkit.train.loss import language_model_loss
 from slmkit.train.metrics import MetricsLogger, honesty_warnings, read_metrics, truncate_metrics
 from slmkit.train.optim import build_optimizer
@@ -234,13 +235,8 @@ class Trainer:
         from slmkit.model.transformer import Transformer
 
         config = self.config
-        try:
-            from slmkit.runtime import configure_threads, tune_allocator
-        except ImportError:
-            pass
-        else:
-            tune_allocator()
-            configure_threads()
+        runtime.tune_allocator()
+        self.thread_governor = self._configure_threads()
         self.setup = setup_device(config.device, config.precision, self.dist.local_rank)
         torch.manual_seed(config.seed)  # the same initial weights on every process
         np.random.seed(config.seed)
@@ -270,6 +266,29 @@ class Trainer:
         self.bytes_per_token = {split: split_bytes_per_token(self.data.meta, split) for split in ("train", "val")}
         # Last, so nothing above can shift the dropout streams (distinct per process).
         torch.manual_seed(config.seed + self.dist.rank)
+
+    def _configure_threads(self) -> runtime.ThreadGovernor | None:
+        """Set the intra-op thread count (train.threads); the governor that adapts it to other
+        processes' load, for "auto" in a single CPU process without OMP_NUM_THREADS, else None."""
+        threads = self.config.threads
+        # processes of this run on this machine share its CPUs (torchrun sets LOCAL_WORLD_SIZE)
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size)) if self.dist.enabled else 1
+        runtime.configure_threads(threads, processes)
+        on_cpu = pick_device(self.config.device, self.dist.local_rank).type == "cpu"
+        if threads != "auto" or processes > 1 or not on_cpu or runtime.threads_fixed_by_environment():
+            return None
+        return runtime.ThreadGovernor(runtime.available_cpus(), watched=runtime.affinity_cpus())
+
+    def _follow_cpu_load(self) -> None:
+        """Under train.threads = "auto": apply the governor's new thread count, print and log it."""
+        change = self.thread_governor.check()
+        if change is None:
+            return
+        self._print(f"threads: {change.previous} -> {change.threads} (other processes are using "
+                    f"{change.other_cpus:.1f} CPU)")
+        if self.logger is not None:
+            self.logger.log("threads", self.step, threads=change.threads, previous=change.previous,
+                            other_cpus=round(change.other_cpus, 2))
 
     def _prepare_run_dir(self) -> None:
         if self.is_main:
@@ -397,11 +416,12 @@ class Trainer:
             logger = MetricsLogger(self.run_dir, config.tensorboard, config.wandb, self.run_dir.name,
                                    self.run_config(), time_offset=self.elapsed)
             if self.resume:
-                logger.log("resume", self.step, tokens=self.tokens, checkpoint=str(self.resume_dir))
+                logger.log("resume", self.step, tokens=self.tokens, checkpoint=str(self.resume_dir),
+                           threads=torch.get_num_threads())
             else:
                 logger.log("start", 0, parameters=self.model.num_parameters(), device=self.setup.description,
                            precision=self.setup.precision, world_size=self.dist.world_size,
-                           tokens_per_step=self.tokens_per_step)
+                           tokens_per_step=self.tokens_per_step, threads=torch.get_num_threads())
                 length = (f"time budget {config.time_budget:g} s" if config.time_budget
                           else f"{config.max_steps:,} steps")
                 self._print(f"training {self.model_config.name or 'a model'} ({self.model.num_parameters():,} "
@@ -457,6 +477,8 @@ class Trainer:
                     self._save(periodic=True, best=False, last=True)
                 if evaluate_now or self._periodic_due():  # throughput counts training time only
                     last_log_time, last_log_tokens = time.time(), self.tokens
+                if self.thread_governor is not None:
+                    self._follow_cpu_load()
                 if self.on_step is not None:
                     self.on_step(self)
             # -- the end: a final evaluation and checkpoint, or an interrupted one --------------
