@@ -109,9 +109,11 @@ def configure_threads(threads: int | str = "auto", processes: int = 1) -> int:
 
 THREAD_CHECK_SECONDS = 10.0  # wall time between two looks at the other processes' CPU use
 # Hysteresis, in CPUs used by other processes: a CPU counts as taken from `_TAKEN_AT` of its use
-# on, and as free again below `_FREE_BELOW`; between the two the count stays as it is.
-_TAKEN_AT = 0.6
-_FREE_BELOW = 0.3
+# on, and as free again below `_FREE_BELOW`; between the two the count stays as it is. Measured on
+# 2 cores (docs/performance.md): a busy loop beside 2 threads reads 0.66 (our threads squeeze it),
+# and 1 thread beats 2 from about 0.65 CPU of other demand on.
+_TAKEN_AT = 0.5
+_FREE_BELOW = 0.4
 _CPU_FIELDS_BUSY = (0, 1, 2, 5, 6, 7)  # /proc/stat: user nice system (idle iowait) irq softirq steal
 
 
@@ -192,8 +194,8 @@ class ThreadGovernor:
 
     On a busy machine, OpenMP threads that must wait for each other while another process holds
     a CPU make a step many times slower than fewer threads would (2 cores, one busy loop beside
-    the run: 8.0K tokens/s on 1 thread, 4.5K on 2). So: one thread per CPU left free, with
-    hysteresis (a CPU is taken when others use >= 0.6 of it, free again below 0.3), at least one.
+    the run: 12.4K tokens/s on 1 thread, 7.3K on 2). So: one thread per CPU left free, with
+    hysteresis (a CPU is taken when others use >= 0.5 of it, free again below 0.4), at least one.
 
     cpus: the CPUs this process may use (`available_cpus()`); watched: how many CPUs the load is
     measured on (the affinity mask; default `cpus`). load: a callable returning other processes'

@@ -84,14 +84,14 @@ def test_governor_gives_up_a_thread_per_cpu_other_processes_use_and_takes_them_b
 
 
 def test_governor_changes_nothing_between_the_thresholds_so_it_does_not_flap(threads_restored):
-    # from 2 threads: 0.5 CPU of others is not enough to give one up, 0.7 is
-    threads, clock = governor([0.0, 0.5, 0.7, 0.5, 0.35, 0.2])
+    # from 2 threads: 0.45 CPU of others is not enough to give one up, 0.6 is
+    threads, clock = governor([0.0, 0.45, 0.6, 0.45, 0.42, 0.3])
     seen = []
     for step in range(1, 6):
         clock.now = 10.0 * step
         threads.check()
         seen.append(threads.threads)
-    # ... and from 1 thread, 0.5 and 0.35 are not little enough to take it back, 0.2 is
+    # ... and from 1 thread, 0.45 and 0.42 are not little enough to take it back, 0.3 is
     assert seen == [2, 1, 1, 1, 2]
 
 
