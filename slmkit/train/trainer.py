@@ -269,13 +269,14 @@ class Trainer:
 
     def _configure_threads(self) -> runtime.ThreadGovernor | None:
         """Set the intra-op thread count (train.threads); the governor that adapts it to other
-        processes' load, for "auto" in a single CPU process without OMP_NUM_THREADS, else None."""
+        processes' load, for "auto" in a single CPU process without OMP_NUM_THREADS, else None
+        (under torchrun the count stays fixed: sibling processes are not "other" load)."""
         threads = self.config.threads
         # processes of this run on this machine share its CPUs (torchrun sets LOCAL_WORLD_SIZE)
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size)) if self.dist.enabled else 1
         runtime.configure_threads(threads, processes)
         on_cpu = pick_device(self.config.device, self.dist.local_rank).type == "cpu"
-        if threads != "auto" or processes > 1 or not on_cpu or runtime.threads_fixed_by_environment():
+        if threads != "auto" or self.dist.enabled or not on_cpu or runtime.threads_fixed_by_environment():
             return None
         return runtime.ThreadGovernor(runtime.available_cpus(), watched=runtime.affinity_cpus())
 
