@@ -210,7 +210,7 @@ class ThreadGovernor:
         self.load = load if load is not None else OtherProcessesLoad()
         self.interval = THREAD_CHECK_SECONDS if interval is None else interval
         self.clock = clock
-        self.threads = self.cpus
+        self.threads = self.cpus  # the first choice starts from every CPU, as `configure_threads` does
         self.other_cpus = self.load() or 0.0
         self.threads = self.choose(self.other_cpus)
         self._last_check = clock()
