@@ -9,6 +9,7 @@ close to that rate, no change to the code outside them can make the step much fa
 
     python bench/profile_train.py                                   # slm-25m, 16 x 256, bf16
     python bench/profile_train.py --preset gpt2-124m --batch 4 --precision fp32 --threads 1
+    python bench/profile_train.py --peaks                           # matmul peaks, 1 thread and all
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ def category(name: str) -> str:
     return "everything else"
 
 
+def print_peaks() -> None:
+    """The fastest 2048^3 matmul in fp32 and bf16 on 1 thread and on every usable CPU: whether the
+    cores scale (real cores, not SMT siblings) and what each core reaches."""
+    from slmkit.runtime import available_cpus, measure_matmul_peak
+
+    cpus = available_cpus()
+    print("| threads | fp32 GFLOP/s | bf16 GFLOP/s | bf16 / fp32 |")
+    print("|---:|---:|---:|---:|")
+    for threads in sorted({1, cpus}):
+        torch.set_num_threads(threads)
+        measure_matmul_peak.cache_clear()
+        fp32 = measure_matmul_peak(torch.float32, "cpu", seconds=2.0)
+        bf16 = measure_matmul_peak(torch.bfloat16, "cpu", seconds=2.0)
+        print(f"| {threads} | {fp32:,.0f} | {bf16:,.0f} | {bf16 / fp32:.2f}x |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="slm-25m")
@@ -46,7 +63,12 @@ def main(argv=None) -> None:
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per usable CPU)")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps (after two warm-up steps)")
+    parser.add_argument("--peaks", action="store_true",
+                        help="only measure the fp32 and bf16 matmul peaks on 1 thread and on every usable CPU")
     args = parser.parse_args(argv)
+    if args.peaks:
+        print_peaks()
+        return
 
     from torch.profiler import ProfilerActivity, profile
 

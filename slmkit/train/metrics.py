@@ -5,7 +5,9 @@ Events in metrics.jsonl (every one has "event", "step" and "time", seconds since
 - train: loss (nats, mean over the step's tokens on all processes), lr (peak AdamW group), tokens
   (seen so far, all processes), tokens_per_s, mfu (fraction of peak, or null), grad_norm;
 - eval: val_loss, val_ppl, val_bpb, train_loss, train_ppl, train_bpb (on fixed samples);
-- warning: kind, message; start / resume / end / interrupted / skipped_step: bookkeeping.
+- threads: threads, previous, other_cpus (train.threads = "auto" changed the CPU thread count);
+- warning: kind, message; start / resume / end / interrupted / skipped_step: bookkeeping (start and
+  resume carry the thread count in use).
 """
 
 from __future__ import annotations
