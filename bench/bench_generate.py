@@ -16,7 +16,6 @@ import argparse
 import datetime
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,10 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: benchdocs, peers
+
+from benchdocs import write_section  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 from slmkit.config import load_model_config  # noqa: E402
@@ -221,7 +224,7 @@ def main() -> None:
     ]
     print("\n".join(body))
     if args.write:
-        write_section(body)
+        write_section("## Generation\n\n" + "\n".join(body) + "\n")
 
 
 def weight_bytes(preset: str, element_size: int) -> int:
@@ -248,20 +251,6 @@ def floor_note(results: dict, floors: dict) -> list[str]:
         parts = [f"{name} {r['decode_b1'] / floors[dtype]:.0%}" for name, r in engines.items()]
         notes.append(f"{dtype}, batch 1, share of the matmul floor reached: {', '.join(parts)}.")
     return [" ".join(notes)]
-
-
-def write_section(body: list[str]) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "## Generation\n\n" + "\n".join(body) + "\n"
-    pattern = re.compile(r"## Generation\n.*?(?=\n## |\Z)", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -23,12 +23,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: benchdocs, peers
+
+from benchdocs import write_section  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 from slmkit.data import prepare, train_tokenizer_on_sources  # noqa: E402
 from slmkit.data.prepare import usable_cores  # noqa: E402
 from slmkit.tokenizer import load_tokenizer  # noqa: E402
-from slmkit.tokenizer.base import write_text_atomic  # noqa: E402
 
 SECTION = "## Data preparation"
 
@@ -117,18 +120,6 @@ def record(results: list[dict], command: str, data: Path, train_s: float) -> str
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the "## Data preparation" section of docs/benchmarks.md, keeping the rest."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end >= 0 else "")
-    write_text_atomic(path, text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "shakespeare"))
@@ -159,7 +150,7 @@ def main() -> int:
     section = record(results, command, shown, train_s)
     print(section)
     if not args.no_write:
-        write_section(ROOT / "docs" / "benchmarks.md", section)
+        write_section(section)
         print(f"recorded in {ROOT / 'docs' / 'benchmarks.md'}")
     return 0
 

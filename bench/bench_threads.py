@@ -34,6 +34,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: benchdocs, peers
+
+from benchdocs import write_section  # noqa: E402
+
 DOCS_SECTION = "## CPU threads under load"
 
 
@@ -153,23 +157,6 @@ def docs_section(table: str, args, precision: str, cpus: int, stamp: str) -> str
             f"processes' CPU use every {args.check:g} s (docs/performance.md).\n\n{table}\n")
 
 
-def write_docs(section: str, path: Path) -> None:
-    """Replace (or append) the "## CPU threads under load" section of docs/benchmarks.md, leaving the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured by the scripts in bench/.\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == DOCS_SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "".join(lines[end:])
-        new = "".join(lines[:start]) + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".md.tmp")
-    temporary.write_text(new.rstrip("\n") + "\n")
-    temporary.replace(path)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="nano", help="a model preset (nano, slm-25m, ...)")
@@ -224,7 +211,7 @@ def main(argv=None) -> None:
         Path(args.json).write_text(json.dumps({"args": vars(args), "precision": precision, "cpus": cpus,
                                                "time": stamp, "results": results}, indent=2) + "\n")
     if args.write_docs:
-        write_docs(docs_section(table, args, precision, cpus, stamp), ROOT / "docs" / "benchmarks.md")
+        write_section(docs_section(table, args, precision, cpus, stamp))
         print(f"\nwrote {ROOT / 'docs' / 'benchmarks.md'}")
 
 

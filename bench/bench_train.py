@@ -52,6 +52,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: benchdocs, peers
+
+from benchdocs import write_section  # noqa: E402
+
 NANOGPT_BEST_TUNED = 4159  # tokens/s, nanoGPT compiled bf16 with a tuned allocator on issue 4's CPU
 NANOGPT_BEST_TUNED_MFU = 0.64  # the same figure as a share of that CPU's measured bf16 matmul peak
 # glibc tuning of issue 4 for nanoGPT: keep freed activations in the heap instead of unmapping them
@@ -478,23 +482,6 @@ def docs_section(results, peaks, info, args, command: str, started: str, elapsed
     )
 
 
-def write_docs(section: str, path: Path) -> None:
-    """Replace (or append) the "## Training" section of docs/benchmarks.md, leaving the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured by the scripts in bench/.\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == DOCS_SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        rest = "".join(lines[end:])
-        new = "".join(lines[:start]) + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".md.tmp")
-    temporary.write_text(new.rstrip("\n") + "\n")
-    temporary.replace(path)
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", type=lambda s: s.split(","), default=["llama", "gpt2"],
@@ -560,7 +547,7 @@ def main(argv=None) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"peaks": peaks, "machine": info, "results": results}, indent=1))
     if args.write_docs:
-        write_docs(section, ROOT / "docs" / "benchmarks.md")
+        write_section(section)
         print(f"\nwrote the {DOCS_SECTION!r} section of docs/benchmarks.md")
 
 
