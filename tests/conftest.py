@@ -43,3 +43,15 @@ def shared_data():
     if not (SHARED_DATA / "shakespeare").is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def threads_restored(monkeypatch):
+    """Restore torch's thread count afterwards; start each test without OMP_NUM_THREADS/MKL_NUM_THREADS."""
+    import torch
+
+    previous = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    yield
+    torch.set_num_threads(previous)

@@ -25,15 +25,6 @@ def test_tune_allocator_respects_the_users_own_malloc_settings():
     assert off.stdout.strip() == "False"
 
 
-@pytest.fixture
-def threads_restored(monkeypatch):
-    previous = torch.get_num_threads()
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_thread_count_never_exceeds_the_cpus_available(threads_restored):
     assert 1 <= runtime.available_cpus() <= runtime.affinity_cpus() <= 4096
     threads = runtime.configure_threads()

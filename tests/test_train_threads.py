@@ -24,16 +24,6 @@ def settings(data_dir, **train):
 
 
 @pytest.fixture
-def threads_restored(monkeypatch):
-    """Restore torch's thread count afterwards; start each test without OMP_NUM_THREADS/MKL_NUM_THREADS."""
-    previous = torch.get_num_threads()
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture
 def faked_load(monkeypatch):
     """Two CPUs, a check at every step, and other processes' load read from the list returned
     (one value per look; the last repeats)."""
