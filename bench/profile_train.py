@@ -10,6 +10,7 @@ close to that rate, no change to the code outside them can make the step much fa
     python bench/profile_train.py                                   # slm-25m, 16 x 256, bf16
     python bench/profile_train.py --preset gpt2-124m --batch 4 --precision fp32 --threads 1
     python bench/profile_train.py --peaks                           # matmul peaks, 1 thread and all
+    python bench/profile_train.py --optimizers                      # AdamW step: fused vs foreach
 """
 
 from __future__ import annotations
@@ -55,6 +56,37 @@ def print_peaks() -> None:
         print(f"| {threads} | {fp32:,.0f} | {bf16:,.0f} | {bf16 / fp32:.2f}x |")
 
 
+def print_optimizer_steps(preset: str, threads: int | None, repeats: int = 10) -> None:
+    """One AdamW step over the preset's parameters, the trainer's (fused) against the multi-tensor
+    foreach form, on the same random gradients, taking turns; median of `repeats` each."""
+    import statistics
+
+    from slmkit.config import load_model_config
+    from slmkit.model.transformer import Transformer
+    from slmkit.runtime import available_cpus
+    from slmkit.train.config import TrainConfig
+    from slmkit.train.optim import build_optimizer
+
+    torch.set_num_threads(threads or available_cpus())
+    torch.manual_seed(0)
+    model = Transformer(load_model_config(preset))
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter) * 1e-3
+    fused = build_optimizer(model, TrainConfig(lr=1e-4), "cpu")
+    groups = [{k: v for k, v in group.items() if k not in ("fused", "foreach")}
+              for group in fused.optimizers[0].param_groups]
+    foreach = torch.optim.AdamW(groups, foreach=True)
+    times = {"fused (trainer)": [], "foreach": []}
+    for _ in range(repeats + 2):
+        for name, optimizer in (("fused (trainer)", fused), ("foreach", foreach)):
+            start = time.perf_counter()
+            optimizer.step()
+            times[name].append(time.perf_counter() - start)
+    print(f"{preset}, {sum(p.numel() for p in model.parameters()):,} parameters, {torch.get_num_threads()} threads")
+    for name, values in times.items():
+        print(f"AdamW {name}: {statistics.median(values[2:]) * 1000:.1f} ms per step")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="slm-25m")
@@ -65,9 +97,14 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=2, help="profiled steps (after two warm-up steps)")
     parser.add_argument("--peaks", action="store_true",
                         help="only measure the fp32 and bf16 matmul peaks on 1 thread and on every usable CPU")
+    parser.add_argument("--optimizers", action="store_true",
+                        help="only time one AdamW step of the preset: fused (the trainer's) against foreach")
     args = parser.parse_args(argv)
     if args.peaks:
         print_peaks()
+        return
+    if args.optimizers:
+        print_optimizer_steps(args.preset, args.threads)
         return
 
     from torch.profiler import ProfilerActivity, profile
