@@ -106,7 +106,9 @@ def test_existing_run_dir_is_not_overwritten_without_overwrite(finished_run, dat
     assert (run / "metrics.jsonl").read_text() == before
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_weights(data_dir, tmp_path, monkeypatch):
+def poison_training_loss(monkeypatch, at_step: int, spoil) -> None:
+    """Make the trainer's loss on its `at_step`-th training step (1-based) `spoil(loss)`; other
+    steps and every evaluation are left alone."""
     import slmkit.train.trainer as trainer_module
 
     real_loss = trainer_module.language_model_loss
@@ -116,11 +118,15 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_weights(dat
         loss = real_loss(model, x, y, reduction)
         if model.training:
             calls["n"] += 1
-            if calls["n"] == 6:  # the 6th training step
-                return loss * float("nan")
+            if calls["n"] == at_step:
+                return spoil(loss)
         return loss
 
     monkeypatch.setattr(trainer_module, "language_model_loss", poisoned)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_weights(data_dir, tmp_path, monkeypatch):
+    poison_training_loss(monkeypatch, 6, lambda loss: loss * float("nan"))
     run = tmp_path / "run"
     with pytest.raises(SlmError, match=r"loss became nan at step 6.*step 5\) saved in .*last.*nan_policy=skip"):
         train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=20), quiet=True)
@@ -131,20 +137,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_weights(dat
 
 
 def test_nan_policy_skip_skips_the_step_and_trains_on(data_dir, tmp_path, monkeypatch):
-    import slmkit.train.trainer as trainer_module
-
-    real_loss = trainer_module.language_model_loss
-    calls = {"n": 0}
-
-    def poisoned(model, x, y, reduction="mean"):
-        loss = real_loss(model, x, y, reduction)
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] == 3:
-                return loss * float("inf")
-        return loss
-
-    monkeypatch.setattr(trainer_module, "language_model_loss", poisoned)
+    poison_training_loss(monkeypatch, 3, lambda loss: loss * float("inf"))
     run = tmp_path / "run"
     result = train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=8, nan_policy="skip",
                                                            eval_interval=0), quiet=True)
@@ -271,20 +264,11 @@ def test_dataset_warnings_from_prepare_reach_the_log_and_report(tmp_path):
 
 
 def test_non_finite_gradient_with_a_finite_loss_stops_before_the_weights_are_spoilt(data_dir, tmp_path, monkeypatch):
-    import slmkit.train.trainer as trainer_module
-
-    real_loss = trainer_module.language_model_loss
-    calls = {"n": 0}
-
-    def poisoned_gradient(model, x, y, reduction="mean"):
-        loss = real_loss(model, x, y, reduction)
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] == 3:
-                loss.register_hook(lambda grad: grad * float("nan"))
+    def nan_gradient(loss):  # the loss stays finite; its gradient does not
+        loss.register_hook(lambda grad: grad * float("nan"))
         return loss
 
-    monkeypatch.setattr(trainer_module, "language_model_loss", poisoned_gradient)
+    poison_training_loss(monkeypatch, 3, nan_gradient)
     run = tmp_path / "run"
     with pytest.raises(SlmError, match="gradient norm became nan at step 3"):
         train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=10), quiet=True)
