@@ -1,11 +1,19 @@
-"""Small helpers shared by every layer: strict dataclass construction and atomic directory swaps."""
+"""Small helpers shared by every layer: strict dataclass construction and atomic writes.
+
+Every file or directory a later command trusts is written here: to a temporary name beside its
+target, then renamed into place, so an interrupted command never leaves half of one behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import json
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from slmkit.errors import SlmError
@@ -24,12 +32,50 @@ def dataclass_from_dict(cls, values: dict, where: str):
     return cls(**values)
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary shared files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """`obj` as indented JSON (non-ASCII kept as is), written atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Move the finished directory `new` to `target`, replacing any old one only once `new` is complete."""
     if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}-{os.urandom(3).hex()}")
         os.replace(target, old)
         os.replace(new, target)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(new, target)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary directory beside `target` to fill; on success it replaces `target` in one
+    rename, on any error it is deleted and `target` is left as it was.
+
+        with atomic_dir(out) as tmp:
+            (tmp / "config.json").write_text(...)
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

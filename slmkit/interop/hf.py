@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from slmkit.errors import SlmError
 from slmkit.interop.hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf, hf_family
 from slmkit.interop.hf_state import state_from_hf, state_to_hf, tensor_map
 from slmkit.model.checkpoint import load_state, resolve_checkpoint_dir, write_checkpoint
-from slmkit.utils import replace_dir
+from slmkit.utils import atomic_dir
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf", "export_hf", "hf_family", "import_hf",
            "read_hf_config", "read_hf_weights", "state_from_hf", "state_to_hf", "tensor_map"]
@@ -168,18 +167,12 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite
     _check_out_dir(out_dir, overwrite, source=ckpt_dir)
     from safetensors.torch import save_file
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         save_file(hf_state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
         for key, value in _export_tokenizer(ckpt_dir, tmp).items():
             if hf_config.get(key) is None:  # ids recorded at import win over the tokenizer's
                 hf_config[key] = value
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

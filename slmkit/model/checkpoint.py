@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.model.config import ModelConfig
 from slmkit.model.layers import RotaryEmbedding
-from slmkit.utils import replace_dir
+from slmkit.utils import atomic_dir
 
 FORMAT = "slmkit-checkpoint"
 VERSION = 1
@@ -55,9 +54,7 @@ def write_checkpoint(directory: str | os.PathLike, config: ModelConfig, state: d
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with atomic_dir(directory) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         meta = {"format": FORMAT, "version": VERSION, "model": config.to_dict(),
                 "weights_sha256": sha256_file(tmp / WEIGHTS_FILE)}
@@ -70,10 +67,6 @@ def write_checkpoint(directory: str | os.PathLike, config: ModelConfig, state: d
                 shutil.copytree(source, tmp / name)
             else:
                 shutil.copy2(source, tmp / name)
-        replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

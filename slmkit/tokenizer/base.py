@@ -7,37 +7,18 @@ back with identical ids.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
+
+from slmkit.utils import write_json_atomic, write_text_atomic
 
 MANIFEST = "slmkit_tokenizer.json"
 MANIFEST_FORMAT = "slmkit-tokenizer"
 EOT_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 class Tokenizer(ABC):

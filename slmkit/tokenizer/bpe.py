@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from slmkit.errors import SlmError
-from slmkit.tokenizer.base import CHAT_TOKENS, EOT_TOKEN, PAD_TOKEN, Tokenizer, write_text_atomic
+from slmkit.tokenizer.base import CHAT_TOKENS, EOT_TOKEN, PAD_TOKEN, Tokenizer
+from slmkit.utils import write_text_atomic
 
 # GPT-2's pre-tokenisation regex (also what `tokenizers`' ByteLevel pre-tokenizer applies).
 GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

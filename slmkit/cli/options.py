@@ -1,0 +1,95 @@
+"""Command-line flags derived from the API's option dataclasses, so the two cannot drift.
+
+Each field of an options dataclass becomes `--field-name` with the field's type, default and help
+(from the field's metadata: `help`, and optionally `flag`, `short`, `choices`, `metavar`); a bool
+field defaulting to False becomes a switch, one defaulting to True a `--x/--no-x` pair, a list field
+a repeatable flag. `options_from_args` builds the dataclass back from the parsed flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+
+
+def option(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, short: str | None = None,
+           choices=None, metavar: str | None = None, default_factory=dataclasses.MISSING):
+    """A dataclass field carrying its command-line help (and flag name, choices, metavar)."""
+    metadata = {"help": help, "flag": flag, "short": short, "choices": choices, "metavar": metavar}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    """The long flag of a field: its metadata's `flag`, else --field-name."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _base_type(annotation):
+    """(type, is_list) of an annotation such as `int | None` or `list[str]`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else (str, False)
+    if origin in (list, tuple):
+        args = typing.get_args(annotation)
+        return (args[0] if args else str), True
+    return annotation, False
+
+
+def _default(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def add_options(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (), unset: bool = False,
+                help: dict[str, str] | None = None) -> None:
+    """Add one flag per field of the dataclass `cls` (except `skip`).
+
+    unset=True makes every default None, so that only flags the user gave override a base config
+    (a preset, say). `help` gives help texts for fields whose metadata has none.
+    """
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        kind, is_list = _base_type(hints[field.name])
+        default = _default(field)
+        text = field.metadata.get("help") or (help or {}).get(field.name, "")
+        names = [flag_name(field)] + ([field.metadata["short"]] if field.metadata.get("short") else [])
+        kwargs: dict = {"dest": field.name, "help": text}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
+            kwargs["default"] = None if unset else default
+        elif is_list:
+            kwargs.update(action="append", type=kind, default=None, metavar=field.metadata.get("metavar"))
+        else:
+            kwargs.update(type=kind if kind in (int, float, str) else str, default=None if unset else default,
+                          metavar=field.metadata.get("metavar"))
+            if field.metadata.get("choices"):
+                kwargs["choices"] = field.metadata["choices"]
+        if default not in (None, False, [], ()) and not unset and kind is not bool and "%(default)" not in text:
+            kwargs["help"] = f"{text} (default {default})" if text else f"default {default}"
+        parser.add_argument(*names, **kwargs)
+
+
+def options_from_args(cls, args: argparse.Namespace, **values):
+    """`cls(...)` from the parsed flags of `add_options` (fields left None keep their defaults),
+    plus `values` given directly."""
+    for field in dataclasses.fields(cls):
+        if field.name in values or not hasattr(args, field.name):
+            continue
+        value = getattr(args, field.name)
+        if value is not None:
+            values[field.name] = value
+    return cls(**values)
+
+
+def given_options(cls, args: argparse.Namespace) -> dict:
+    """The fields of `cls` that were given on the command line (not None), as a dict."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f.name, None) is not None}
