@@ -1,0 +1,59 @@
+"""The public API: one function per stage, each a call the `slm` command makes and a user can import.
+
+    import slmkit.api as slm
+    dataset = slm.prepare(["shakespeare"], "data/shakespeare", tokenizer="bpe:4096")
+    result = slm.train(dataset.dir, "runs/nano", preset="nano", overrides=["train.max_steps=500"])
+    model = slm.load("runs/nano")                      # its best checkpoint
+    print(slm.generate(model, "ROMEO:", "coherent").text)
+    slm.export_hf("runs/nano", "hf/nano")
+
+Layers (docs/architecture.md): the CLI calls only this module; this module resolves configs and
+chains the stages (train, generate, eval, interop, report), which use model, data and tokenizer,
+which use utils and errors. Nothing imports from a layer above its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from slmkit.config import load_model_config, presets_table
+from slmkit.data import open_dataset, prepare, train_tokenizer_on_sources
+from slmkit.generate import GenerationConfig, generate, resolve_config, stream
+from slmkit.interop.hf import export_hf, import_hf
+from slmkit.model.checkpoint import load_model
+from slmkit.model.stats import describe
+from slmkit.report import write_report
+from slmkit.rundir import resolve_checkpoint_dir
+from slmkit.train import TrainResult, train
+from slmkit.train.quickstart import quickstart
+
+__all__ = [
+    "GenerationConfig", "TrainResult", "describe_model", "export_hf", "generate", "import_hf", "load",
+    "open_dataset", "prepare", "presets", "quickstart", "report", "resolve_config", "stream", "train",
+    "train_tokenizer_on_sources",
+]
+
+
+def presets() -> str:
+    """One line per model preset: name, family, parameters, context and description."""
+    return presets_table()
+
+
+def describe_model(preset: str | None = None, config: str | os.PathLike | None = None,
+                   overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """Parameters by part, memory, FLOPs per token and KV-cache bytes of a model config."""
+    return describe(load_model_config(preset, config, overrides))
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """A model from an slmkit checkpoint directory, or a run directory (its best, else last,
+    checkpoint), in eval mode. Raises SlmError for a missing, damaged or foreign directory."""
+    return load_model(resolve_checkpoint_dir(path), device=device, dtype=dtype)
+
+
+def report(run_dir: str | os.PathLike) -> Path:
+    """Write report.md and plots/ for a run directory; returns the report's path."""
+    return write_report(run_dir)
