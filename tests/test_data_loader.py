@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from slmkit.data import open_dataset
+from slmkit.data import bits_per_byte, open_dataset
 from slmkit.errors import SlmError
 
 
@@ -34,19 +34,20 @@ def test_random_batch_shapes_and_targets_shift_by_one(dataset):
     assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(4, 15, dtype=torch.int64))
 
 
-def test_random_batch_is_a_function_of_seed_step_and_rank(dataset):
+def test_random_batch_is_a_function_of_seed_and_step(dataset):
     def batch(**kw):
         return dataset.random_batch("train", 8, 32, **kw)[0]
 
     assert torch.equal(batch(seed=1, step=5), batch(seed=1, step=5))
     assert not torch.equal(batch(seed=1, step=5), batch(seed=1, step=6))
     assert not torch.equal(batch(seed=1, step=5), batch(seed=2, step=5))
-    rank0 = batch(seed=1, step=5, rank=0, world_size=2)
-    rank1 = batch(seed=1, step=5, rank=1, world_size=2)
-    assert not torch.equal(rank0, rank1)
-    assert torch.equal(rank0, batch(seed=1, step=5, rank=0, world_size=2))
-    with pytest.raises(SlmError, match="rank 2"):
-        batch(seed=1, step=0, rank=2, world_size=2)
+
+
+def test_random_windows_are_the_ones_earlier_versions_drew(dataset):
+    """Resumed and repeated runs depend on it: the windows of (seed, step) never change."""
+    x, _ = dataset.random_batch("train", 4, 16, seed=1, step=5)
+    starts = np.random.default_rng([1, 5, 0, 0x5E9]).integers(0, 10_000 - 16, size=4)
+    assert x[:, 0].tolist() == starts.tolist()
 
 
 def test_random_windows_cover_the_whole_split(dataset):
@@ -65,12 +66,6 @@ def test_eval_batches_are_sequential_non_overlapping_windows(dataset):
     assert len(list(dataset.eval_batches("val", 2, 50, max_batches=2))) == 2
 
 
-def test_eval_batches_split_between_ranks(dataset):
-    all_rows = torch.cat([x for x, _ in dataset.eval_batches("val", 2, 50)])
-    rank_rows = [torch.cat([x for x, _ in dataset.eval_batches("val", 2, 50, rank=r, world_size=2)]) for r in (0, 1)]
-    assert sorted(map(tuple, torch.cat(rank_rows).tolist())) == sorted(map(tuple, all_rows.tolist()))
-
-
 def test_split_shorter_than_a_window_is_an_error(dataset):
     with pytest.raises(SlmError, match="val split has 500 tokens"):
         dataset.random_batch("val", 1, 500, seed=0, step=0)
@@ -81,8 +76,55 @@ def test_split_shorter_than_a_window_is_an_error(dataset):
 def test_bits_per_byte_uses_tokens_per_byte_of_the_split(dataset):
     assert dataset.bytes_per_token("val") == pytest.approx(3.2)
     assert dataset.bits_per_byte(math.log(2) * 3.2, "val") == pytest.approx(1.0)
+    assert bits_per_byte(math.log(2) * 3.2, 3.2) == pytest.approx(1.0)
+
+
+def test_bits_per_byte_is_none_without_byte_counts(dataset):
+    del dataset.meta["splits"]["val"]["bytes"]
+    assert dataset.bytes_per_token("val") is None and dataset.bits_per_byte(1.0, "val") is None
+    assert bits_per_byte(None, 3.2) is None and bits_per_byte(1.0, None) is None
 
 
 def test_splits_are_memory_maps_not_loaded_arrays(dataset):
     assert isinstance(dataset.train, np.memmap)
     assert dataset.vocab_size == 50257
+
+
+def rewrite_meta(directory, **changes):
+    meta = json.loads((directory / "meta.json").read_text())
+    meta.update(changes)
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+def test_open_dataset_checks_everything_up_front(dataset, tmp_path):
+    with pytest.raises(SlmError, match="dataset directory not found: .*nowhere.*slm prepare"):
+        open_dataset(tmp_path / "nowhere")
+    (tmp_path / "val.bin").rename(tmp_path / "moved.bin")
+    with pytest.raises(SlmError, match="incomplete: missing val.bin"):
+        open_dataset(tmp_path)
+    (tmp_path / "moved.bin").rename(tmp_path / "val.bin")
+    with open(tmp_path / "train.bin", "r+b") as f:
+        f.truncate(1001)
+    with pytest.raises(SlmError, match="train.bin holds 1001 bytes, but meta.json says 10000 uint16 tokens.*truncated"):
+        open_dataset(tmp_path)
+    rewrite_meta(tmp_path, dtype="int8")
+    with pytest.raises(SlmError, match="dtype 'int8' must be uint16 or uint32"):
+        open_dataset(tmp_path)
+    rewrite_meta(tmp_path, splits={"train": {"tokens": 1}})
+    with pytest.raises(SlmError, match="has no 'splits.val.tokens'"):
+        open_dataset(tmp_path)
+    rewrite_meta(tmp_path, format="other")
+    with pytest.raises(SlmError, match="not an slmkit dataset"):
+        open_dataset(tmp_path)
+    (tmp_path / "meta.json").write_text("{")
+    with pytest.raises(SlmError, match="not valid JSON"):
+        open_dataset(tmp_path)
+    (tmp_path / "meta.json").unlink()
+    with pytest.raises(SlmError, match="not a dataset .no meta.json"):
+        open_dataset(tmp_path)
+
+
+def test_open_dataset_with_seq_len_refuses_a_split_shorter_than_one_window(dataset, tmp_path):
+    assert open_dataset(tmp_path, seq_len=499).val.shape == (500,)
+    with pytest.raises(SlmError, match="val split has 500 tokens, fewer than one window of seq_len . 1 = 501"):
+        open_dataset(tmp_path, seq_len=500)

@@ -1,12 +1,12 @@
 """Reading a prepared dataset for training and evaluation, straight from the memory-mapped token files.
 
-    ds = open_dataset("data/shakespeare")
-    x, y = ds.random_batch("train", batch_size=8, seq_len=256, seed=1, step=step, rank=rank, world_size=world)
+    ds = open_dataset("data/shakespeare", seq_len=256)   # every check up front, SlmError saying the fix
+    x, y = ds.random_batch("train", batch_size=8, seq_len=256, seed=1, step=step)
     for x, y in ds.eval_batches("val", batch_size=8, seq_len=256): ...
-    ds.bits_per_byte(mean_loss_nats, "val")
+    ds.bits_per_byte(mean_loss_nats, "val")               # = bits_per_byte(loss, ds.bytes_per_token("val"))
 
-Random windows depend only on (seed, step, rank), so a resumed run sees the same batches and each DDP
-rank its own stream. Only the windows asked for are read from disk.
+Random windows depend only on (seed, step), so a resumed run sees the same batches (a distributed
+trainer gives each process its own steps). Only the windows asked for are read from disk.
 """
 
 from __future__ import annotations
@@ -18,13 +18,29 @@ from pathlib import Path
 
 import numpy as np
 
+from slmkit.data.report import format_summary
 from slmkit.errors import SlmError
+from slmkit.tokenizer import load_tokenizer
 
+FORMAT = "slmkit-dataset"
+VERSION = 1
 SPLITS = ("train", "val")
+DTYPES = ("uint16", "uint32")
+REQUIRED_KEYS = ("vocab_size", "dtype", "splits", "tokenizer")
+
+
+def bits_per_byte(loss_nats: float | None, bytes_per_token: float | None) -> float | None:
+    """Bits per byte of text from a mean per-token loss in nats: loss / ln 2 / (UTF-8 bytes per token).
+
+    Tokenizer-independent, so models with different tokenizers compare. None when either is None (or
+    bytes_per_token is 0: a dataset whose meta.json lacks the byte counts)."""
+    if loss_nats is None or not bytes_per_token:
+        return None
+    return loss_nats / math.log(2) / bytes_per_token
 
 
 class Dataset:
-    """A dataset directory written by `slmkit.data.prepare`."""
+    """A dataset directory written by `slmkit.data.prepare`; made by `open_dataset`, which checks it."""
 
     def __init__(self, directory: Path, meta: dict):
         self.dir = directory
@@ -32,7 +48,7 @@ class Dataset:
         self.vocab_size: int = meta["vocab_size"]
         self.dtype = np.dtype(meta["dtype"])
         self.eot_id: int = meta["tokenizer"]["eot_id"]
-        self.reused = False
+        self.reused = False  # set by prepare: True when an identical earlier result was kept
         self._tokenizer = None
         self._arrays: dict[str, np.memmap] = {}
 
@@ -40,8 +56,6 @@ class Dataset:
     def tokenizer(self):
         """The dataset's tokenizer, loaded on first use."""
         if self._tokenizer is None:
-            from slmkit.tokenizer import load_tokenizer
-
             self._tokenizer = load_tokenizer(self.dir)
         return self._tokenizer
 
@@ -50,15 +64,9 @@ class Dataset:
         if name not in SPLITS:
             raise SlmError(f"unknown split {name!r}; use train or val")
         if name not in self._arrays:
-            path = self.dir / f"{name}.bin"
-            expected = self.meta["splits"][name]["tokens"] * self.dtype.itemsize
-            if not path.is_file() or path.stat().st_size != expected:
-                size = path.stat().st_size if path.is_file() else "missing"
-                raise SlmError(
-                    f"{path} is {size} bytes but meta.json says {expected}: the dataset is damaged; "
-                    "run slm prepare again"
-                )
-            self._arrays[name] = np.memmap(path, dtype=self.dtype, mode="r") if expected else np.empty(0, self.dtype)
+            empty = not self.meta["splits"][name]["tokens"]  # numpy cannot map an empty file
+            self._arrays[name] = np.empty(0, self.dtype) if empty else \
+                np.memmap(self.dir / f"{name}.bin", dtype=self.dtype, mode="r")
         return self._arrays[name]
 
     @property
@@ -69,35 +77,35 @@ class Dataset:
     def val(self) -> np.memmap:
         return self.split("val")
 
-    def bytes_per_token(self, split: str = "val") -> float:
-        """UTF-8 bytes of text per token of `split` (all tokens, end-of-text separators included)."""
-        info = self.meta["splits"][split]
-        return info["bytes"] / info["tokens"]
+    def bytes_per_token(self, split: str = "val") -> float | None:
+        """UTF-8 bytes of text per token of `split` (all tokens, end-of-text separators included), or
+        None when meta.json lacks the counts."""
+        info = self.meta["splits"].get(split, {})
+        tokens, n_bytes = info.get("tokens"), info.get("bytes")
+        return n_bytes / tokens if tokens and n_bytes else None
 
-    def bits_per_byte(self, loss_nats: float, split: str = "val") -> float:
-        """Bits per byte of text from a mean per-token loss in nats on `split`:
-        loss / ln 2 * tokens / bytes (tokenizer-independent, so models with different tokenizers compare)."""
-        return loss_nats / math.log(2) / self.bytes_per_token(split)
+    def bits_per_byte(self, loss_nats: float, split: str = "val") -> float | None:
+        """Bits per byte of text from a mean per-token loss in nats on `split` (see `bits_per_byte`)."""
+        return bits_per_byte(loss_nats, self.bytes_per_token(split))
 
-    def _check_length(self, name: str, seq_len: int) -> np.memmap:
-        data = self.split(name)
-        if len(data) < seq_len + 1:
+    def check_window(self, split: str, seq_len: int) -> None:
+        """SlmError when `split` is shorter than one window of seq_len + 1 tokens (inputs and targets)."""
+        tokens = self.meta["splits"][split]["tokens"]
+        if tokens < seq_len + 1:
             raise SlmError(
-                f"the {name} split has {len(data)} tokens, fewer than seq_len + 1 = {seq_len + 1}; "
-                "use a shorter --seq-len or more data"
+                f"the {split} split has {tokens} tokens, fewer than one window of seq_len + 1 = {seq_len + 1} "
+                f"(dataset {self.dir}); use a shorter seq_len or prepare more data"
             )
-        return data
 
-    def random_batch(self, split: str, batch_size: int, seq_len: int, seed: int, step: int,
-                     rank: int = 0, world_size: int = 1):
+    def random_batch(self, split: str, batch_size: int, seq_len: int, seed: int, step: int):
         """(x, y): int64 torch tensors (batch_size, seq_len) of random windows of `split`, y shifted by
-        one token; a function of (seed, step, rank) only. `world_size` only checks `rank`."""
-        import torch
+        one token; a function of (seed, step) only."""
+        import torch  # heavy; prepare and `slm data info` read datasets without it
 
-        if not 0 <= rank < world_size:
-            raise SlmError(f"rank {rank} is outside world size {world_size}")
-        data = self._check_length(split, seq_len)
-        rng = np.random.default_rng([int(seed), int(step), int(rank), 0x5E9])
+        self.check_window(split, seq_len)
+        data = self.split(split)
+        # The 0 held a process rank once; it stays so that the windows of a seed and step never change.
+        rng = np.random.default_rng([int(seed), int(step), 0, 0x5E9])
         starts = rng.integers(0, len(data) - seq_len, size=batch_size)
         windows = np.stack([np.asarray(data[s : s + seq_len + 1]) for s in starts]).astype(np.int64)
         windows = torch.from_numpy(windows)
@@ -107,28 +115,28 @@ class Dataset:
         """Number of non-overlapping evaluation windows of `seq_len` (+1 target) in `split`."""
         return (len(self.split(split)) - 1) // seq_len
 
-    def eval_batches(self, split: str, batch_size: int, seq_len: int, max_batches: int | None = None,
-                     rank: int = 0, world_size: int = 1) -> Iterator:
+    def eval_batches(self, split: str, batch_size: int, seq_len: int, max_batches: int | None = None) -> Iterator:
         """Sequential non-overlapping windows of `split` from its start, as (x, y) int64 tensors of up to
-        batch_size rows (the last batch may be smaller); with `world_size` > 1, rank r takes every
-        world_size-th batch. Stops after `max_batches` batches of this rank."""
-        import torch
+        batch_size rows (the last batch may be smaller); at most `max_batches` batches."""
+        import torch  # heavy; see random_batch
 
-        data = self._check_length(split, seq_len)
+        self.check_window(split, seq_len)
+        data = self.split(split)
         n_windows = self.eval_windows(split, seq_len)
-        produced = 0
         for index, first in enumerate(range(0, n_windows, batch_size)):
-            if index % world_size != rank:
-                continue
-            if max_batches is not None and produced >= max_batches:
+            if max_batches is not None and index >= max_batches:
                 return
             count = min(batch_size, n_windows - first)
             start, stop = first * seq_len, (first + count) * seq_len + 1
             block = np.asarray(data[start:stop]).astype(np.int64)
             x = np.lib.stride_tricks.as_strided(block, (count, seq_len), (seq_len * 8, 8))
             y = np.lib.stride_tricks.as_strided(block[1:], (count, seq_len), (seq_len * 8, 8))
-            produced += 1
             yield torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
+
+    def summary(self, path=None) -> str:
+        """The human-readable summary of meta.json that `slm prepare` and `slm data info` print, headed
+        by `path` (default: the directory)."""
+        return format_summary(self.meta, self.dir if path is None else path, reused=self.reused)
 
     def __repr__(self) -> str:
         s = self.meta["splits"]
@@ -136,18 +144,54 @@ class Dataset:
                 f"train={s['train']['tokens']:,} tokens, val={s['val']['tokens']:,} tokens)")
 
 
-def open_dataset(directory) -> Dataset:
-    """Open a dataset directory; raises SlmError when it is missing or not an slmkit dataset."""
+def read_meta(directory: str | Path) -> dict:
+    """The parsed meta.json of a complete dataset directory: format, version, keys and dtype checked,
+    and train.bin / val.bin present with the sizes meta.json gives. SlmError saying what is wrong and
+    the fix otherwise."""
     directory = Path(directory).expanduser()
     meta_path = directory / "meta.json"
+    if not directory.is_dir():
+        raise SlmError(f"dataset directory not found: {directory}; create one with `slm prepare`")
     if not meta_path.is_file():
-        raise SlmError(f"{directory} is not a dataset (no meta.json); create one with slm prepare")
+        raise SlmError(f"{directory} is not a dataset (no meta.json); create one with `slm prepare`")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except ValueError as error:
-        raise SlmError(f"{meta_path} is not valid JSON ({error}); run slm prepare again") from None
-    if meta.get("format") != "slmkit-dataset":
-        raise SlmError(f"{meta_path} is not an slmkit dataset (format {meta.get('format')!r})")
-    if meta.get("version", 0) > 1:
+    except ValueError as error:  # invalid JSON or invalid UTF-8
+        raise SlmError(f"{meta_path} is not valid JSON ({error}); rebuild the dataset with `slm prepare`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise SlmError(f"{meta_path} is not an slmkit dataset (format {found!r})")
+    if meta.get("version", 0) > VERSION:
         raise SlmError(f"{directory} was written by a newer slmkit (dataset version {meta['version']}); upgrade slmkit")
-    return Dataset(directory, meta)
+    for key in REQUIRED_KEYS + tuple(f"splits.{split}.tokens" for split in SPLITS):
+        value = meta
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            raise SlmError(f"{meta_path} has no {key!r}; it is not a dataset meta file (rebuild with `slm prepare`)")
+    if meta["dtype"] not in DTYPES:
+        raise SlmError(f"{meta_path}: dtype {meta['dtype']!r} must be uint16 or uint32")
+    missing = [f"{split}.bin" for split in SPLITS if not (directory / f"{split}.bin").is_file()]
+    if missing:
+        raise SlmError(f"dataset {directory} is incomplete: missing {', '.join(missing)}; "
+                       "run `slm prepare` again to rebuild it")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in SPLITS:
+        path = directory / f"{split}.bin"
+        size, tokens = path.stat().st_size, meta["splits"][split]["tokens"]
+        if size != tokens * itemsize:
+            raise SlmError(f"{path} holds {size} bytes, but meta.json says {tokens} {meta['dtype']} tokens; "
+                           "the dataset is damaged or truncated, rebuild it with `slm prepare`")
+    return meta
+
+
+def open_dataset(directory: str | Path, seq_len: int | None = None) -> Dataset:
+    """Open the dataset directory `directory` after checking it (see `read_meta`); with `seq_len`, also
+    check that each split holds at least one window of seq_len + 1 tokens. Raises SlmError naming what
+    is wrong and the fix."""
+    directory = Path(directory).expanduser()
+    dataset = Dataset(directory, read_meta(directory))
+    if seq_len is not None:
+        for split in SPLITS:
+            dataset.check_window(split, seq_len)
+    return dataset
