@@ -1,4 +1,4 @@
-"""Small helpers shared by every layer: strict dataclass construction and atomic writes.
+"""Small helpers shared by every layer: option fields, strict dataclass construction and atomic writes.
 
 Every file or directory a later command trusts is written here: to a temporary name beside its
 target, then renamed into place, so an interrupted command never leaves half of one behind.
@@ -17,6 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from slmkit.errors import SlmError
+
+
+def option(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, short: str | None = None,
+           choices=None, metavar: str | None = None, default_factory=dataclasses.MISSING):
+    """A dataclass field carrying its command-line help (and flag name, choices, metavar), which
+    `slmkit.cli.options.add_options` turns into a flag; options dataclasses below the CLI declare
+    their fields with it without importing the CLI."""
+    metadata = {"help": help, "flag": flag, "short": short, "choices": choices, "metavar": metavar}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 def dataclass_from_dict(cls, values: dict, where: str):

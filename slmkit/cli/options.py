@@ -13,12 +13,7 @@ import dataclasses
 import types
 import typing
 
-
-def option(default=dataclasses.MISSING, help: str = "", *, flag: str | None = None, short: str | None = None,
-           choices=None, metavar: str | None = None, default_factory=dataclasses.MISSING):
-    """A dataclass field carrying its command-line help (and flag name, choices, metavar)."""
-    metadata = {"help": help, "flag": flag, "short": short, "choices": choices, "metavar": metavar}
-    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+from slmkit.utils import option  # noqa: F401  (re-exported; declared in utils so layers below the CLI can use it)
 
 
 def flag_name(field: dataclasses.Field) -> str:
