@@ -21,20 +21,27 @@ import torch
 
 from slmkit.config import load_model_config, presets_table
 from slmkit.data import open_dataset, prepare, train_tokenizer_on_sources
-from slmkit.generate import GenerationConfig, generate, resolve_config, stream
+from slmkit.errors import SlmError
+from slmkit.generate import PRESETS, GenerationConfig, generate, model_tokenizer, resolve_config, stream
+from slmkit.generate.config import OVERFLOW_POLICIES
 from slmkit.interop.hf import export_hf, import_hf
 from slmkit.model.checkpoint import load_model
 from slmkit.model.stats import describe
 from slmkit.report import write_report
 from slmkit.rundir import resolve_checkpoint_dir
+from slmkit.tokenizer import load_tokenizer
 from slmkit.train import TrainResult, train
 from slmkit.train.quickstart import quickstart
 
 __all__ = [
-    "GenerationConfig", "TrainResult", "describe_model", "export_hf", "generate", "import_hf", "load",
-    "open_dataset", "prepare", "presets", "quickstart", "report", "resolve_config", "stream", "train",
-    "train_tokenizer_on_sources",
+    "DTYPES", "GENERATION_PRESETS", "OVERFLOW_POLICIES", "GenerationConfig", "QuickstartOptions", "TrainOptions",
+    "TrainResult", "describe_model",
+    "export_hf", "generate", "import_hf", "load", "load_tokenizer", "model_tokenizer", "open_dataset", "prepare",
+    "presets", "quickstart", "report", "resolve_config", "stream", "train", "train_tokenizer_on_sources",
 ]
+
+GENERATION_PRESETS = tuple(PRESETS)  # the sampling presets' names: creative, coherent, deterministic, greedy
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def presets() -> str:
@@ -48,9 +55,14 @@ def describe_model(preset: str | None = None, config: str | os.PathLike | None =
     return describe(load_model_config(preset, config, overrides))
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None):
     """A model from an slmkit checkpoint directory, or a run directory (its best, else last,
-    checkpoint), in eval mode. Raises SlmError for a missing, damaged or foreign directory."""
+    checkpoint), in eval mode; dtype is a torch dtype or its name ("bfloat16"). Raises SlmError for a
+    missing, damaged or foreign directory, or an unknown dtype name."""
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise SlmError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
     return load_model(resolve_checkpoint_dir(path), device=device, dtype=dtype)
 
 

@@ -1,4 +1,4 @@
-"""The `slm` command: one sub-command per stage, each a thin call of a public function.
+"""The `slm` command: one sub-command per stage, each a thin call of a public function of `slmkit.api`.
 
 Each area registers its sub-commands from its own module (`register(subparsers)`), so the command
 line stays a table of contents and the logic lives in the API.
@@ -9,29 +9,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+from slmkit import __version__
+from slmkit.cli import data, generate, interop, model, train
 from slmkit.errors import SlmError
 
-# Modules that add sub-commands; each exposes register(subparsers).
-_COMMAND_MODULES = ("slmkit.cli.model", "slmkit.cli.data", "slmkit.cli.interop", "slmkit.cli.train", "slmkit.cli.generate")
+# The modules that add sub-commands, in `slm --help` order; each exposes register(subparsers).
+COMMAND_MODULES = (model, data, interop, train, generate)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
-
-    from slmkit import __version__
-
     parser = argparse.ArgumentParser(
         prog="slm", description="slmkit: train small language models from scratch, end to end."
     )
     parser.add_argument("--version", action="version", version=f"slmkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name == name:  # an area not built yet
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(subparsers)
     return parser
 

@@ -1,9 +1,17 @@
-"""`slm generate` and `slm chat`: thin calls of `slmkit.generate`."""
+"""`slm generate` and `slm chat`: thin calls of `slmkit.api` (load, generate).
+
+The decoding flags are the fields of `GenerationConfig` (one flag each, by `add_options`); the
+command-line details the config's module does not hold (help, flag names, parsing) are below.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from slmkit import api
+from slmkit.cli.options import add_options, given_options
+from slmkit.errors import SlmError
 
 
 def _early_stopping(text: str):
@@ -13,39 +21,34 @@ def _early_stopping(text: str):
     return values[text.lower()]
 
 
+# Command-line details of GenerationConfig's fields; a field without an entry still gets --field-name.
+GENERATION_FLAGS: dict[str, dict] = {
+    "max_new_tokens": {"help": "tokens to generate at most (default 128)"},
+    "temperature": {"help": "0 = greedy"},
+    "top_k": {"help": "keep the k most likely tokens (0 = off)"},
+    "top_p": {"help": "nucleus sampling mass in (0, 1]"},
+    "min_p": {"help": "drop tokens below min-p x the top probability"},
+    "repetition_penalty": {"help": "transformers' rule; 1 = off"},
+    "temperature_decay": {"help": "multiply the temperature by this after each token (annealing)"},
+    "seed": {"help": "for reproducible samples"},
+    "num_beams": {"help": "beam search with this many beams"},
+    "early_stopping": {"help": "true, false or never", "type": _early_stopping},
+    "stop_strings": {"flag": "--stop", "metavar": "TEXT", "help": "stop before this text (repeatable)"},
+    "stop_token_ids": {"flag": "--stop-token-id", "help": "stop at this token id (repeatable)"},
+    "ignore_eot": {"help": "do not stop at end-of-text"},
+    "overflow": {"choices": api.OVERFLOW_POLICIES, "help": "past the model's context: slide (default) or refuse"},
+}
+
+
 def add_generation_arguments(parser) -> None:
     """The decoding flags shared by `generate` and `chat`; unset flags keep the preset's values."""
-    from slmkit.generate.config import OVERFLOW_POLICIES, PRESETS
-
     parser.add_argument("model", metavar="MODEL", help="an slmkit checkpoint or run directory (best, else last)")
-    parser.add_argument("--preset", choices=list(PRESETS), default=None,
+    parser.add_argument("--preset", choices=api.GENERATION_PRESETS, default=None,
                         help="sampling preset (default: coherent, or greedy with --num-beams)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens to generate at most (default 128)")
-    parser.add_argument("--temperature", type=float, default=None, help="0 = greedy")
-    parser.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0 = off)")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in (0, 1]")
-    parser.add_argument("--min-p", type=float, default=None, help="drop tokens below min-p x the top probability")
-    parser.add_argument("--repetition-penalty", type=float, default=None, help="transformers' rule; 1 = off")
-    parser.add_argument("--presence-penalty", type=float, default=None)
-    parser.add_argument("--frequency-penalty", type=float, default=None)
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=None)
-    parser.add_argument("--temperature-decay", type=float, default=None,
-                        help="multiply the temperature by this after each token (annealing)")
-    parser.add_argument("--min-temperature", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None, help="for reproducible samples")
-    parser.add_argument("--num-beams", type=int, default=None, help="beam search with this many beams")
-    parser.add_argument("--length-penalty", type=float, default=None)
-    parser.add_argument("--early-stopping", type=_early_stopping, default=None, help="true, false or never")
-    parser.add_argument("--num-return-sequences", type=int, default=None)
-    parser.add_argument("--stop", dest="stop_strings", action="append", default=None, metavar="TEXT",
-                        help="stop before this text (repeatable)")
-    parser.add_argument("--stop-token-id", dest="stop_token_ids", type=int, action="append", default=None)
-    parser.add_argument("--ignore-eot", action="store_true", default=None, help="do not stop at end-of-text")
-    parser.add_argument("--overflow", choices=OVERFLOW_POLICIES, default=None,
-                        help="past the model's context: slide (default) or refuse")
+    add_options(parser, api.GenerationConfig, unset=True, metadata=GENERATION_FLAGS)
     parser.add_argument("--show-special", action="store_true", help="print special tokens")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    parser.add_argument("--dtype", choices=list(api.DTYPES), default=None)
     parser.add_argument("--tokenizer", default=None, help="tokenizer spec or dir (default: the checkpoint's)")
 
 
@@ -62,30 +65,20 @@ def register(subparsers) -> None:
     chat.set_defaults(run=_chat)
 
 
-_CONFIG_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                 "presence_penalty", "frequency_penalty", "no_repeat_ngram_size", "temperature_decay",
-                 "min_temperature", "seed", "num_beams", "length_penalty", "early_stopping",
-                 "num_return_sequences", "stop_strings", "stop_token_ids", "ignore_eot", "overflow")
+def generation_config(args) -> api.GenerationConfig:
+    """The GenerationConfig of the parsed flags: the preset's values, then every flag given."""
+    preset = args.preset or ("greedy" if (args.num_beams or 1) > 1 else "coherent")
+    return api.resolve_config(preset, **given_options(api.GenerationConfig, args))
 
 
 def _load(args):
     """(model, tokenizer, GenerationConfig) from the parsed flags."""
-    import torch
-
-    import slmkit
-    from slmkit.generate import model_tokenizer, resolve_config
-
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = slmkit.load(args.model, device=args.device, dtype=dtype)
+    model = api.load(args.model, device=args.device, dtype=args.dtype)
     if args.tokenizer:
-        from slmkit.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer)
+        tokenizer = api.load_tokenizer(args.tokenizer)
     else:
-        tokenizer = model_tokenizer(model, required=True)
-    preset = args.preset or ("greedy" if (args.num_beams or 1) > 1 else "coherent")
-    config = resolve_config(preset, **{name: getattr(args, name) for name in _CONFIG_FLAGS})
-    return model, tokenizer, config
+        tokenizer = api.model_tokenizer(model, required=True)
+    return model, tokenizer, generation_config(args)
 
 
 def _print_piece(row: int, text: str) -> None:
@@ -94,14 +87,12 @@ def _print_piece(row: int, text: str) -> None:
 
 
 def _generate(args) -> int:
-    from slmkit.generate import generate
-
     model, tokenizer, config = _load(args)
     stream = args.stream and config.num_beams == 1 and config.num_return_sequences == 1
     if stream:
         sys.stdout.write(args.prompt)
-    result = generate(model, args.prompt, config, tokenizer=tokenizer, skip_special_tokens=not args.show_special,
-                      on_text=_print_piece if stream else None)
+    result = api.generate(model, args.prompt, config, tokenizer=tokenizer,
+                          skip_special_tokens=not args.show_special, on_text=_print_piece if stream else None)
     if stream:
         sys.stdout.write("\n")
         return 0
@@ -119,9 +110,6 @@ def _chat(args) -> int:
 
     An empty line lets the model continue further; /reset clears the transcript; /quit or end of input ends.
     """
-    from slmkit.errors import SlmError
-    from slmkit.generate import generate
-
     model, tokenizer, config = _load(args)
     if config.num_beams > 1 or config.num_return_sequences > 1:
         raise SlmError("chat streams one continuation: use --num-beams 1 and --num-return-sequences 1")
@@ -142,8 +130,8 @@ def _chat(args) -> int:
             print("(transcript cleared)")
             continue
         transcript += line
-        result = generate(model, transcript, config.replace(overflow="slide"), tokenizer=tokenizer,
-                          skip_special_tokens=not args.show_special, on_text=_print_piece)
+        result = api.generate(model, transcript, config.replace(overflow="slide"), tokenizer=tokenizer,
+                              skip_special_tokens=not args.show_special, on_text=_print_piece)
         sys.stdout.write("\n")
         sys.stdout.flush()
         transcript += result.text

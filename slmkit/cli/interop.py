@@ -1,6 +1,9 @@
-"""`slm import-hf` and `slm export-hf`: Hugging Face model directories to slmkit checkpoints and back."""
+"""`slm import-hf` and `slm export-hf`: Hugging Face model directories to slmkit checkpoints and back
+(thin calls of `slmkit.api`)."""
 
 from __future__ import annotations
+
+from slmkit import api
 
 
 def register(subparsers) -> None:
@@ -26,16 +29,12 @@ def register(subparsers) -> None:
 
 
 def _import_hf(args) -> int:
-    from slmkit.interop.hf import import_hf
-
-    out = import_hf(args.hf_dir, args.out, overwrite=args.force)
+    out = api.import_hf(args.hf_dir, args.out, overwrite=args.force)
     print(f"wrote slmkit checkpoint {out}")
     return 0
 
 
 def _export_hf(args) -> int:
-    from slmkit.interop.hf import export_hf
-
-    out = export_hf(args.ckpt, args.out, overwrite=args.force)
+    out = api.export_hf(args.ckpt, args.out, overwrite=args.force)
     print(f"wrote Hugging Face model {out}")
     return 0

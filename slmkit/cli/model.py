@@ -1,6 +1,8 @@
-"""`slm presets` and `slm info`."""
+"""`slm presets` and `slm info`: thin calls of `slmkit.api` (presets, describe_model)."""
 
 from __future__ import annotations
+
+from slmkit import api
 
 
 def add_config_arguments(parser, required: bool = False) -> None:
@@ -21,15 +23,10 @@ def register(subparsers) -> None:
 
 
 def _presets(args) -> int:
-    from slmkit.config import presets_table
-
-    print(presets_table())
+    print(api.presets())
     return 0
 
 
 def _info(args) -> int:
-    from slmkit.config import load_model_config
-    from slmkit.model.stats import describe
-
-    print(describe(load_model_config(args.preset, args.config, args.overrides)))
+    print(api.describe_model(args.preset, args.config, args.overrides))
     return 0

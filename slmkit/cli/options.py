@@ -1,9 +1,10 @@
 """Command-line flags derived from the API's option dataclasses, so the two cannot drift.
 
 Each field of an options dataclass becomes `--field-name` with the field's type, default and help
-(from the field's metadata: `help`, and optionally `flag`, `short`, `choices`, `metavar`); a bool
-field defaulting to False becomes a switch, one defaulting to True a `--x/--no-x` pair, a list field
-a repeatable flag. `options_from_args` builds the dataclass back from the parsed flags.
+(from the field's metadata: `help`, and optionally `flag`, `short`, `choices`, `metavar`, `type`; or
+from a `metadata` mapping given to `add_options`); a bool field defaulting to False becomes a switch,
+one defaulting to True a `--x/--no-x` pair, a list field a repeatable flag. `options_from_args`
+builds the dataclass back from the parsed flags.
 """
 
 from __future__ import annotations
@@ -42,31 +43,34 @@ def _default(field: dataclasses.Field):
 
 
 def add_options(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (), unset: bool = False,
-                help: dict[str, str] | None = None) -> None:
+                help: dict[str, str] | None = None, metadata: dict[str, dict] | None = None) -> None:
     """Add one flag per field of the dataclass `cls` (except `skip`).
 
     unset=True makes every default None, so that only flags the user gave override a base config
-    (a preset, say). `help` gives help texts for fields whose metadata has none.
+    (a preset, say). `help` gives help texts for fields whose metadata has none. `metadata` gives, per
+    field, entries that replace the field's own (help, flag, short, choices, metavar, and `type`: a
+    function parsing the flag's text), for a dataclass whose module should not hold command-line details.
     """
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
+        meta = {**field.metadata, **(metadata or {}).get(field.name, {})}
         kind, is_list = _base_type(hints[field.name])
         default = _default(field)
-        text = field.metadata.get("help") or (help or {}).get(field.name, "")
-        names = [flag_name(field)] + ([field.metadata["short"]] if field.metadata.get("short") else [])
+        text = meta.get("help") or (help or {}).get(field.name, "")
+        names = [meta.get("flag") or flag_name(field)] + ([meta["short"]] if meta.get("short") else [])
         kwargs: dict = {"dest": field.name, "help": text}
-        if kind is bool:
+        if kind is bool and not meta.get("type"):
             kwargs["action"] = argparse.BooleanOptionalAction if default else "store_true"
             kwargs["default"] = None if unset else default
         elif is_list:
-            kwargs.update(action="append", type=kind, default=None, metavar=field.metadata.get("metavar"))
+            kwargs.update(action="append", type=meta.get("type") or kind, default=None, metavar=meta.get("metavar"))
         else:
-            kwargs.update(type=kind if kind in (int, float, str) else str, default=None if unset else default,
-                          metavar=field.metadata.get("metavar"))
-            if field.metadata.get("choices"):
-                kwargs["choices"] = field.metadata["choices"]
+            parse = meta.get("type") or (kind if kind in (int, float, str) else str)
+            kwargs.update(type=parse, default=None if unset else default, metavar=meta.get("metavar"))
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
         if default not in (None, False, [], ()) and not unset and kind is not bool and "%(default)" not in text:
             kwargs["help"] = f"{text} (default {default})" if text else f"default {default}"
         parser.add_argument(*names, **kwargs)
