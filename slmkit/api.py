@@ -34,8 +34,7 @@ from slmkit.train import TrainResult, train
 from slmkit.train.quickstart import quickstart
 
 __all__ = [
-    "DTYPES", "GENERATION_PRESETS", "OVERFLOW_POLICIES", "GenerationConfig", "QuickstartOptions", "TrainOptions",
-    "TrainResult", "describe_model",
+    "DTYPES", "GENERATION_PRESETS", "OVERFLOW_POLICIES", "GenerationConfig", "TrainResult", "describe_model",
     "export_hf", "generate", "import_hf", "load", "load_tokenizer", "model_tokenizer", "open_dataset", "prepare",
     "presets", "quickstart", "report", "resolve_config", "stream", "train", "train_tokenizer_on_sources",
 ]
