@@ -14,8 +14,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from slmkit.errors import SlmError
 from slmkit.model.config import ModelConfig
+from slmkit.model.stats import model_stats
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,8 +67,6 @@ def read_config_file(path: str | Path) -> dict:
         if suffix == ".toml":
             data = tomllib.loads(text)
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
             data = yaml.safe_load(text) or {}
         else:
             raise SlmError(f"config file {path}: unknown format {suffix!r}; use .toml, .yaml or .yml")
@@ -149,8 +150,6 @@ def load_model_config(preset: str | None = None, file: str | Path | None = None,
 
 def presets_table() -> str:
     """One line per preset: name, family, parameters, context and description."""
-    from slmkit.model.stats import model_stats
-
     rows = [f"{'preset':<20} {'family':<8} {'parameters':>13} {'context':>8}  description"]
     for name in preset_names():
         preset = load_preset(name)

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from slmkit.errors import SlmError
 from slmkit.interop.hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf, hf_family
 from slmkit.interop.hf_state import state_from_hf, state_to_hf, tensor_map
-from slmkit.model.checkpoint import load_state, resolve_checkpoint_dir, write_checkpoint
+from slmkit.model.checkpoint import load_state, write_checkpoint
+from slmkit.rundir import resolve_checkpoint_dir
+from slmkit.tokenizer import MANIFEST, load_tokenizer
 from slmkit.utils import atomic_dir
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf", "export_hf", "hf_family", "import_hf",
@@ -75,9 +80,6 @@ def read_hf_weights(hf_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
@@ -85,8 +87,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_bin(path: Path) -> dict[str, torch.Tensor]:
-    import pickle
-
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -165,8 +165,6 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite
     hf_config = config_to_hf(config, dtype=dtype)
     hf_state = state_to_hf(state, config)
     _check_out_dir(out_dir, overwrite, source=ckpt_dir)
-    from safetensors.torch import save_file
-
     with atomic_dir(out_dir) as tmp:
         save_file(hf_state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
         for key, value in _export_tokenizer(ckpt_dir, tmp).items():
@@ -181,11 +179,7 @@ def _export_tokenizer(ckpt_dir: Path, out_dir: Path) -> dict:
 
     Returns the special token ids the tokenizer defines ({"eos_token_id": ...}), for config.json.
     """
-    try:
-        from slmkit.tokenizer import load_tokenizer
-    except ImportError:
-        load_tokenizer = None
-    if load_tokenizer is not None and (ckpt_dir / "slmkit_tokenizer.json").is_file():
+    if (ckpt_dir / MANIFEST).is_file():
         tokenizer = load_tokenizer(ckpt_dir)
         if hasattr(tokenizer, "export_hf"):
             tokenizer.export_hf(out_dir)

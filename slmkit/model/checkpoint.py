@@ -15,10 +15,14 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from slmkit.errors import SlmError
 from slmkit.model.config import ModelConfig
 from slmkit.model.layers import RotaryEmbedding
+from slmkit.model.transformer import Transformer
+from slmkit.rundir import resolve_checkpoint_dir
 from slmkit.utils import atomic_dir
 
 FORMAT = "slmkit-checkpoint"
@@ -51,8 +55,6 @@ def write_checkpoint(directory: str | os.PathLike, config: ModelConfig, state: d
 
     An existing directory is replaced only once the new one is complete.
     """
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -100,9 +102,6 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict:
 
 def load_state(directory: str | os.PathLike, verify: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
     """(config, tensors, meta) of a checkpoint, after checking the weights' hash."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     meta = read_checkpoint_config(directory)
     config = ModelConfig.from_dict(meta["model"], where=str(directory / CONFIG_FILE)).validate()
@@ -122,10 +121,10 @@ def load_state(directory: str | os.PathLike, verify: bool = True) -> tuple[Model
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """Load a Transformer from a checkpoint directory, in eval mode.
 
-    Raises SlmError for a missing, damaged or incompatible checkpoint. Never executes code.
+    Raises SlmError for a missing, damaged or incompatible checkpoint. Never executes code. A run
+    directory is still read (its best, else last, checkpoint), but finding a run's checkpoint is
+    slmkit.rundir's business: call `slmkit.load` for run directories.
     """
-    from slmkit.model.transformer import Transformer
-
     directory = resolve_checkpoint_dir(directory)
     config, state, meta = load_state(directory)
     with torch.device("meta"):
@@ -161,16 +160,3 @@ def load_weights(model, state: dict[str, torch.Tensor], where: str) -> None:
         if isinstance(module, RotaryEmbedding):
             module.reset_parameters()
 
-
-def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
-    """A checkpoint dir itself, or a run dir's best (else last) checkpoint."""
-    path = Path(path)
-    if (path / CONFIG_FILE).is_file() and not (path / "checkpoints").is_dir():  # a run dir has config.json too
-        return path
-    for name in ("best", "last"):
-        candidate = path / "checkpoints" / name
-        if (candidate / CONFIG_FILE).is_file():
-            return candidate
-    if not path.exists():
-        raise SlmError(f"checkpoint not found: {path}")
-    raise SlmError(f"{path} holds no slmkit checkpoint (no {CONFIG_FILE}, no checkpoints/best or last)")

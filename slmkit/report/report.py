@@ -6,27 +6,13 @@ can rebuild it at any time, also for an interrupted run.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
-import tempfile
 from pathlib import Path
 
-from slmkit.errors import SlmError
 from slmkit.report.plots import plot_eval, plot_loss_and_lr, plot_throughput
-
-
-def _read_events(run_dir: Path) -> list[dict]:
-    events = []
-    path = run_dir / "metrics.jsonl"
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:  # a torn last line from a crash
-                continue
-    return events
+from slmkit.rundir import read_metrics, read_run_config
+from slmkit.utils import write_text_atomic
 
 
 def _number(value, digits: int = 4) -> str:
@@ -46,11 +32,8 @@ def _duration(seconds: float | None) -> str:
 def build_report(run_dir: str | Path) -> str:
     """The markdown text of the report of `run_dir` (plots are referenced, not drawn)."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise SlmError(f"{run_dir} is not an slmkit run directory (no config.json)")
-    config = json.loads(config_path.read_text())
-    events = _read_events(run_dir)
+    config = read_run_config(run_dir)
+    events = read_metrics(run_dir)
     train = [e for e in events if e["event"] == "train"]
     evals = [e for e in events if e["event"] == "eval"]
     warnings = [e for e in events if e["event"] == "warning"]
@@ -148,7 +131,7 @@ def write_report(run_dir: str | Path) -> Path:
     """
     run_dir = Path(run_dir)
     text = build_report(run_dir)
-    events = _read_events(run_dir)
+    events = read_metrics(run_dir)
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     train = [e for e in events if e["event"] == "train"]
@@ -157,9 +140,5 @@ def write_report(run_dir: str | Path) -> Path:
     plot_eval(evals, plots / "eval.png")
     plot_throughput(train, plots / "throughput.png")
     path = run_dir / "report.md"
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report.", suffix=".md")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return path

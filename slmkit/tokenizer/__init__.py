@@ -21,6 +21,7 @@ from slmkit.tokenizer.health import tokenizer_health
 
 __all__ = [
     "EOT_TOKEN",
+    "MANIFEST",
     "PAD_TOKEN",
     "BPETokenizer",
     "CharTokenizer",

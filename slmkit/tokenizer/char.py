@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
 
 from slmkit.errors import SlmError
 from slmkit.tokenizer.base import EOT_TOKEN, Tokenizer
@@ -75,9 +77,6 @@ class CharTokenizer(Tokenizer):
         """A WordLevel tokenizer over single characters. Characters outside the vocabulary map to
         `<|unk|>` when this tokenizer has it, else to end-of-text (`tokenizers` needs an unknown token;
         slmkit itself refuses them then)."""
-        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
-        from tokenizers import Tokenizer as HFTokenizer
-
         vocab = {c: i for i, c in enumerate(self.chars)}
         vocab[EOT_TOKEN] = self.eot_id
         specials = [EOT_TOKEN]
