@@ -30,8 +30,8 @@ from benchdocs import write_section  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
 from slmkit.data import prepare, train_tokenizer_on_sources  # noqa: E402
-from slmkit.data.prepare import usable_cores  # noqa: E402
 from slmkit.tokenizer import load_tokenizer  # noqa: E402
+from slmkit.utils import affinity_cpus  # noqa: E402
 
 SECTION = "## Data preparation"
 
@@ -91,7 +91,7 @@ def record(results: list[dict], command: str, data: Path, train_s: float) -> str
         "run (best of several runs each). Ratio = prepare throughput / raw tokenizer throughput; target >= 0.8.",
         "",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        f"- Machine: {cpu_name()}, {usable_cores()} usable cores, load average "
+        f"- Machine: {cpu_name()}, {affinity_cpus()} usable cores, load average "
         f"{os.getloadavg()[0]:.1f}, "
         f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
         f"- Data: `{data}` ({results[0]['bytes'] / 1e6:.2f} MB, {results[0]['files']} files)",
@@ -133,10 +133,10 @@ def main() -> int:
         return 1
     gpt2 = load_tokenizer("gpt2")
     results = [measure(data, "gpt2", gpt2, args.repeats, args.workers)]
-    if args.workers is None and results[0]["workers"] != usable_cores():
+    if args.workers is None and results[0]["workers"] != affinity_cpus():
         # What the load-adaptive default avoided: one process per core on this busy machine.
-        forced = measure(data, "gpt2", gpt2, args.repeats, usable_cores())
-        forced["spec"] = f"gpt2, forced --workers {usable_cores()}"
+        forced = measure(data, "gpt2", gpt2, args.repeats, affinity_cpus())
+        forced["spec"] = f"gpt2, forced --workers {affinity_cpus()}"
         results.append(forced)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,5 @@
-"""Small helpers shared by every layer: option fields, strict dataclass construction and atomic writes.
+"""Small helpers shared by every layer: option fields, strict dataclass construction, CPU counting and
+atomic writes.
 
 Every file or directory a later command trusts is written here: to a temporary name beside its
 target, then renamed into place, so an interrupted command never leaves half of one behind.
@@ -39,6 +40,15 @@ def dataclass_from_dict(cls, values: dict, where: str):
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise SlmError(f"unknown key(s) in {where}: {', '.join(hints)}")
     return cls(**values)
+
+
+def affinity_cpus() -> int:
+    """CPUs in this process's affinity mask (all the machine's where there is no such mask). Here rather
+    than in slmkit.runtime, which imports torch: prepare counts CPUs without loading torch (about 2 s)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -47,3 +47,77 @@ def test_val_flag_takes_a_share_a_count_or_a_source():
     assert _split_val(["0.1"], None) == (0.1, [])
     assert _split_val(["10"], None) == (10.0, [])
     assert _split_val(["held_out/"], ["more.txt"]) == (0.05, ["more.txt", "held_out/"])
+
+
+def parse(argv):
+    from slmkit.cli import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def test_every_prepare_option_has_a_flag_and_the_flags_default_to_the_api_defaults():
+    import argparse
+    import dataclasses
+
+    from slmkit.cli import build_parser
+    from slmkit.cli.data import prepare_options
+    from slmkit.data import PrepareOptions
+
+    parser = build_parser()
+    prepare_parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["prepare"]
+    dests = {action.dest for action in prepare_parser._actions}
+    special = {"val": "val", "progress": "quiet"}  # hand-written: --val SHARE|COUNT|SOURCE, --quiet
+    missing = [f.name for f in dataclasses.fields(PrepareOptions) if special.get(f.name, f.name) not in dests]
+    assert missing == []
+    assert prepare_options(parse(["prepare", "corpus/"])) == (PrepareOptions(), [])
+
+
+def test_prepare_flags_reach_their_fields_and_old_flag_names_still_work():
+    from slmkit.cli.data import prepare_options
+    from slmkit.data import PrepareOptions
+
+    args = parse(["prepare", "a/", "-o", "out", "-t", "bpe:500", "--val", "10", "--val", "held/", "--val-source",
+                  "more/", "--seed", "3", "--near-dup", "drop", "--near-dup-threshold", "0.5", "--encoding-errors",
+                  "skip", "--min-chars", "5", "--max-line-chars", "99", "--doc-separator", "<|x|>", "--ext", "md",
+                  "--ext", ".rst", "--text-field", "body", "--hf-split", "test", "--max-documents", "7", "--dtype",
+                  "uint32", "--chat-tokens", "--tokenizer-train-bytes", "1000", "--workers", "3", "--force", "-q"])
+    options, val_sources = prepare_options(args)
+    assert args.out == "out" and val_sources == ["more/", "held/"]
+    assert options == PrepareOptions(
+        tokenizer="bpe:500", val=10.0, seed=3, near_dup="drop", near_dup_threshold=0.5, encoding_errors="skip",
+        min_chars=5, max_line_chars=99, doc_separator="<|x|>", extensions=("md", ".rst"), text_field="body",
+        hf_split="test", max_documents=7, dtype="uint32", chat_tokens=True, tokenizer_train_bytes=1000, workers=3,
+        force=True, progress=False)
+
+
+def test_tokenizer_train_flags_default_to_the_api_defaults(monkeypatch, capsys):
+    from slmkit import api
+    from slmkit.data import PrepareOptions
+
+    calls = []
+
+    def fake_train(sources, spec="bpe:8192", out_dir=None, **kwargs):
+        calls.append((sources, spec, out_dir, kwargs))
+        return api.load_tokenizer("gpt2")
+
+    monkeypatch.setattr(api, "train_tokenizer_on_sources", fake_train)
+    assert main(["tokenizer", "train", "corpus/", "-o", "tok"]) == 0
+    sources, spec, out_dir, kwargs = calls[-1]
+    assert (sources, spec, out_dir) == (["corpus/"], "bpe:8192", "tok")
+    assert set(kwargs) <= {*PrepareOptions.SOURCE_FIELDS, "chat_tokens"}  # min_frequency, max_bytes: the API's
+    assert PrepareOptions(**kwargs) == PrepareOptions()
+    assert main(["tokenizer", "train", "c/", "-o", "t", "-t", "char", "--min-frequency", "3", "--max-bytes", "9",
+                 "--ext", "md", "--chat-tokens", "--min-chars", "1"]) == 0
+    _, spec, _, kwargs = calls[-1]
+    assert spec == "char" and kwargs["min_frequency"] == 3 and kwargs["max_bytes"] == 9
+    assert (kwargs["extensions"], kwargs["chat_tokens"], kwargs["min_chars"]) == (["md"], True, 1)
+
+
+def test_api_options_are_checked_by_name():
+    from slmkit.data import prepare, train_tokenizer_on_sources
+    from slmkit.errors import SlmError
+
+    with pytest.raises(SlmError, match="'sed' .did you mean 'seed'"):
+        prepare(["x"], "out", sed=1)
+    with pytest.raises(SlmError, match="seed: prepare options that do not apply to tokenizer training"):
+        train_tokenizer_on_sources(["x"], "bpe:500", seed=1)

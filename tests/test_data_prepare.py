@@ -6,7 +6,7 @@ import pytest
 from conftest import make_text
 from test_data_dedup import old_spelling
 
-from slmkit.data import open_dataset, prepare
+from slmkit.data import meta, open_dataset, prepare
 from slmkit.errors import SlmError
 from slmkit.tokenizer import CharTokenizer, load_tokenizer
 
@@ -148,14 +148,10 @@ def test_rerun_with_same_inputs_is_reused_and_a_change_rebuilds(corpus_dir, tmp_
 def test_failed_run_leaves_previous_dataset_and_no_scratch(corpus_dir, tmp_path, monkeypatch):
     run([str(corpus_dir)], tmp_path / "ds")
     before = (tmp_path / "ds" / "train.bin").read_bytes()
-    import importlib
-
-    prep = importlib.import_module("slmkit.data.prepare")  # the module; slmkit.data.prepare is the function
-
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prep, "leak_check", boom)
+    monkeypatch.setattr(meta, "leak_check", boom)  # the last stage before meta.json is written
     with pytest.raises(KeyboardInterrupt):
         run([str(corpus_dir)], tmp_path / "ds", force=True)
     assert (tmp_path / "ds" / "train.bin").read_bytes() == before

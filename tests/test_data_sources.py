@@ -4,15 +4,15 @@ import time
 import pytest
 from conftest import make_text
 
-from slmkit.data import prepare
-from slmkit.data.sources import parse_weight, python_stdlib_files, resolve_source
+from slmkit.data import PrepareOptions, prepare, readers
+from slmkit.data.clean import DocumentProcessor
+from slmkit.data.corpora import python_stdlib_files
+from slmkit.data.sources import parse_weight, resolve_source
 from slmkit.errors import SlmError
 
 
 def texts_of(source):
-    from slmkit.data.clean import CleanOptions, DocumentProcessor
-
-    processor = DocumentProcessor(CleanOptions(min_chars=1, doc_separator=None))
+    processor = DocumentProcessor(PrepareOptions(min_chars=1, doc_separator=None))
     return [t for item in source.iter_items() for _, t, _, _ in processor.clean_texts(item) if t]
 
 
@@ -47,9 +47,7 @@ def test_jsonl_json_csv_and_parquet_rows_are_documents(tmp_path):
     assert texts_of(resolve_source(str(tmp_path / "a.jsonl"))) == ["alpha", "beta"]
     assert texts_of(resolve_source(str(tmp_path / "b.json"))) == ["alpha", "beta"]
     assert texts_of(resolve_source(str(tmp_path / "c.csv"))) == ["gamma", "delta"]
-    from slmkit.data.sources import SourceOptions
-
-    assert texts_of(resolve_source(str(tmp_path / "d.parquet"), SourceOptions(text_field="body"))) == ["epsilon", "zeta"]
+    assert texts_of(resolve_source(str(tmp_path / "d.parquet"), PrepareOptions(text_field="body"))) == ["epsilon", "zeta"]
     with pytest.raises(SlmError, match="no column 'text'"):
         texts_of(resolve_source(str(tmp_path / "d.parquet")))
 
@@ -103,9 +101,7 @@ def test_hf_source_in_offline_mode_says_how_to_use_a_local_copy(tmp_path, monkey
 
 
 def test_large_text_file_is_read_in_pieces_of_one_group(tmp_path, monkeypatch):
-    import slmkit.data.sources as sources
-
-    monkeypatch.setattr(sources, "CHUNK_BYTES", 1000)
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 1000)
     text = "\n".join(make_text(i, 40) for i in range(10))
     (tmp_path / "big.txt").write_text(text)
     items = list(resolve_source(str(tmp_path / "big.txt")).iter_items())
@@ -114,8 +110,6 @@ def test_large_text_file_is_read_in_pieces_of_one_group(tmp_path, monkeypatch):
 
 
 def test_max_documents_counts_rows_of_jsonl_files(tmp_path):
-    from slmkit.data.sources import SourceOptions
-
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(50)))
-    source = resolve_source(str(tmp_path / "a.jsonl"), SourceOptions(max_documents=7))
+    source = resolve_source(str(tmp_path / "a.jsonl"), PrepareOptions(max_documents=7))
     assert texts_of(source) == [f"row {i}" for i in range(7)]

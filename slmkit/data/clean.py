@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from dataclasses import dataclass
 
 import numpy as np
 
 from slmkit.data.dedup import NUM_PERM, content_hash, minhash_batch
-from slmkit.data.sources import JSONL, STR, TEXT, RawItem
+from slmkit.data.options import PrepareOptions
+from slmkit.data.readers import JSONL, STR, TEXT, RawItem
 from slmkit.errors import SlmError
+from slmkit.tokenizer import load_tokenizer
 
-ENCODING_POLICIES = ("strict", "replace", "skip")
 # Filter names, in the order they are checked (also the keys of meta.json "filters").
 FILTERS = ("binary", "decode_error", "empty", "error_page", "too_short", "long_lines", "garbled")
 
@@ -27,19 +29,8 @@ _ERROR_PAGE = re.compile(
     re.IGNORECASE,
 )
 ERROR_PAGE_MAX_CHARS = 4000
-
-
-@dataclass(frozen=True)
-class CleanOptions:
-    encoding_errors: str = "strict"  # strict: stop with an error; replace: U+FFFD; skip: drop the document
-    min_chars: int = 32
-    max_line_chars: int = 20_000
-    max_mean_line_chars: int = 2_000
-    max_replacement_share: float = 0.01
-    doc_separator: str | None = None
-    text_field: str = "text"
-    near_dup: bool = True
-    num_perm: int = NUM_PERM
+MAX_MEAN_LINE_CHARS = 2_000  # a longer mean line is minified or machine text
+MAX_REPLACEMENT_SHARE = 0.01  # more U+FFFD than this (after decoding with replacement) is garbled text
 
 
 @dataclass
@@ -73,7 +64,7 @@ def longest_line(data: bytes) -> int:
     return int(np.diff(edges).max()) - 1
 
 
-def garbage_reason(text: str, options: CleanOptions, replaced: bool, data: bytes | None = None) -> str | None:
+def garbage_reason(text: str, options: PrepareOptions, replaced: bool, data: bytes | None = None) -> str | None:
     """Name of the filter `text` fails (after decoding), or None. `data`: its UTF-8 bytes, if at hand."""
     if not text:
         return "empty"
@@ -82,23 +73,25 @@ def garbage_reason(text: str, options: CleanOptions, replaced: bool, data: bytes
     if len(text) < options.min_chars:
         return "too_short"
     lines = text.count("\n") + 1
-    if len(text) / lines > options.max_mean_line_chars:
+    if len(text) / lines > MAX_MEAN_LINE_CHARS:
         return "long_lines"
     if len(text) > options.max_line_chars:
         if data is None:
             data = text.encode("utf-8", "surrogatepass")
         if longest_line(data) > options.max_line_chars:  # bytes >= characters: exact when ASCII
             return "long_lines"
-    if replaced and text.count("\ufffd") > options.max_replacement_share * len(text):
+    if replaced and text.count("\ufffd") > MAX_REPLACEMENT_SHARE * len(text):
         return "garbled"
     return None
 
 
 class DocumentProcessor:
-    """Turns raw items into DocResults; one per worker process (it holds the tokenizer)."""
+    """Turns raw items into DocResults; one per worker process (it holds the tokenizer). Reads the
+    cleaning settings of `options`; MinHash signatures unless its near_dup is "off"."""
 
-    def __init__(self, options: CleanOptions, tokenizer=None, dtype=np.uint16):
+    def __init__(self, options: PrepareOptions, tokenizer=None, dtype=np.uint16):
         self.options = options
+        self.minhash = options.near_dup != "off"
         self.tokenizer = tokenizer
         self.dtype = np.dtype(dtype)
 
@@ -179,8 +172,8 @@ class DocumentProcessor:
                     result.text = data
                 results.append(result)
                 kept_data.append(data)
-        if self.options.near_dup and kept_data:  # one vectorised MinHash pass over the batch
-            signatures, valid = minhash_batch(kept_data, self.options.num_perm)
+        if self.minhash and kept_data:  # one vectorised MinHash pass over the batch
+            signatures, valid = minhash_batch(kept_data, NUM_PERM)
             kept = (r for r in results if r.reason is None)
             for result, signature, ok in zip(kept, signatures, valid):
                 result.signature = signature if ok else None
@@ -200,13 +193,9 @@ class DocumentProcessor:
 _worker: DocumentProcessor | None = None
 
 
-def init_worker(options: CleanOptions, tokenizer, dtype: str) -> None:
+def init_worker(options: PrepareOptions, tokenizer, dtype: str) -> None:
     """Pool initializer; `tokenizer` is a Tokenizer (inherited by fork) or a directory to load it from."""
     global _worker
-    import signal
-
-    from slmkit.tokenizer import load_tokenizer
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
 
     _worker = DocumentProcessor(options, load_tokenizer(tokenizer) if tokenizer else None, dtype)

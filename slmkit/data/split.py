@@ -1,6 +1,8 @@
-"""The train/validation split: by group of near-duplicate documents, never by position inside one.
+"""Grouping and the train/validation split: by group of near-duplicate documents, never by position
+inside one.
 
-A document alone is a group of one. Groups are ordered by a hash of the seed and their content (so the
+Near-duplicates (MinHash pairs, see `slmkit.data.dedup`) and the pieces of one large file form groups;
+a document alone is a group of one. Groups are ordered by a hash of the seed and their content (so the
 split does not depend on file order or worker count) and taken into validation until it holds the asked
 share of tokens or number of documents. Training weights repeat documents after the split.
 """
@@ -12,10 +14,33 @@ import math
 
 import numpy as np
 
+from slmkit.data.dedup import UnionFind, near_duplicate_pairs
+from slmkit.data.documents import Documents, Scratch
 from slmkit.errors import SlmError
 
 TRAIN, VAL, DROPPED = 0, 1, -1
 FRACTION_TOLERANCE = 0.1  # a validation share may end up this much (relative) above or below the target
+
+
+def group_documents(docs: Documents, scratch: Scratch, near_dup: str,
+                    threshold: float) -> tuple[np.ndarray, list[tuple[int, int, float]]]:
+    """Union-find roots of the documents (near-duplicates, and pieces of one large file, share a root)
+    and the near-duplicate pairs (document a, document b, estimated Jaccard); no pairs when `near_dup`
+    is "off"."""
+    union = UnionFind(len(docs.names))
+    pairs = []
+    if near_dup != "off" and docs.n_signatures > 1:
+        signatures = scratch.signature_matrix(docs.n_signatures)
+        owner = np.flatnonzero(docs.column("signature_row") >= 0)
+        for a, b, similarity in near_duplicate_pairs(signatures, threshold):
+            da, db = int(owner[a]), int(owner[b])
+            union.union(da, db)
+            pairs.append((da, db, similarity))
+        del signatures
+    first_of_group: dict[str, int] = {}
+    for doc, key in docs.group.items():
+        union.union(first_of_group.setdefault(key, doc), doc)
+    return union.roots().astype(np.int64), pairs
 
 
 def groups_of(roots: np.ndarray) -> list[np.ndarray]:
