@@ -20,21 +20,22 @@ from pathlib import Path
 import torch
 
 from slmkit.config import load_model_config, presets_table
-from slmkit.data import open_dataset, prepare, train_tokenizer_on_sources
+from slmkit.data import PrepareOptions, open_dataset, prepare, train_tokenizer_on_sources
 from slmkit.errors import SlmError
 from slmkit.generate import PRESETS, GenerationConfig, generate, model_tokenizer, resolve_config, stream
 from slmkit.generate.config import OVERFLOW_POLICIES
 from slmkit.interop.hf import export_hf, import_hf
 from slmkit.model.checkpoint import load_model
 from slmkit.model.stats import describe
+from slmkit.pipeline import QuickstartOptions, TrainOptions, quickstart, train
 from slmkit.report import write_report
 from slmkit.rundir import resolve_checkpoint_dir
 from slmkit.tokenizer import load_tokenizer
-from slmkit.train import TrainResult, train
-from slmkit.train.quickstart import quickstart
+from slmkit.train import TrainResult
 
 __all__ = [
-    "DTYPES", "GENERATION_PRESETS", "OVERFLOW_POLICIES", "GenerationConfig", "TrainResult", "describe_model",
+    "DTYPES", "GENERATION_PRESETS", "OVERFLOW_POLICIES", "GenerationConfig", "PrepareOptions", "QuickstartOptions", "TrainOptions",
+    "TrainResult", "describe_model",
     "export_hf", "generate", "import_hf", "load", "load_tokenizer", "model_tokenizer", "open_dataset", "prepare",
     "presets", "quickstart", "report", "resolve_config", "stream", "train", "train_tokenizer_on_sources",
 ]

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from slmkit.utils import affinity_cpus
+
 # glibc mallopt parameter numbers (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
@@ -57,14 +59,6 @@ def tune_allocator() -> bool:
         )
     except (OSError, AttributeError):  # musl, macOS or a libc without mallopt
         return False
-
-
-def affinity_cpus() -> int:
-    """CPUs in this process's affinity mask (all the machine's where there is no such mask)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def available_cpus() -> int:
@@ -280,16 +274,3 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu",
             sync()
             fastest = min(fastest, time.perf_counter() - start)
     return 2 * size**3 / fastest / 1e9
-
-
-def mfu(tokens_per_second: float, flops_per_token: float, peak_gflops: float) -> float:
-    """Model FLOPs utilisation: achieved model FLOP/s over the peak (a fraction, 0 to 1)."""
-    return tokens_per_second * flops_per_token / (peak_gflops * 1e9) if peak_gflops > 0 else 0.0
-
-
-def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32) -> float:
-    """Measured matmul peak of `device` in `dtype`, in FLOP/s (see `measure_matmul_peak`)."""
-    device = torch.device(device)
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        dtype = torch.float32
-    return measure_matmul_peak(dtype, str(device)) * 1e9

@@ -3,9 +3,9 @@
 import pytest
 from train_support import one_thread, tiny_overrides, write_dataset
 
+from slmkit.api import train
 from slmkit.errors import SlmError
 from slmkit.report import write_report
-from slmkit.train import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -131,8 +131,6 @@ def test_busy_cpu_seconds_reads_the_busy_fields_of_the_watched_cpus(tmp_path):
     assert runtime.busy_cpu_seconds({0}, str(tmp_path / "missing")) is None
 
 
-def test_measured_matmul_peak_and_mfu():
+def test_measured_matmul_peak_is_a_positive_rate():
     peak = runtime.measure_matmul_peak(torch.float32, "cpu", size=256, seconds=0.05)
     assert peak > 0.1  # GFLOP/s
-    assert runtime.mfu(1000.0, 1e9, 2000.0) == 0.5  # 1000 tokens/s x 1 GFLOP each over 2 TFLOP/s
-    assert runtime.peak_flops("cpu", torch.int64) > 0  # unknown dtypes measure float32

@@ -7,9 +7,9 @@ import pytest
 import torch
 from train_support import dataset_vocab, one_thread, tiny_overrides, write_dataset
 
+from slmkit.api import train
 from slmkit.cli import main
 from slmkit.errors import SlmError
-from slmkit.train import train
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

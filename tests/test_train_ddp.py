@@ -9,7 +9,7 @@ import sys
 import pytest
 from train_support import one_thread, tiny_overrides, train_events, write_dataset
 
-from slmkit.train import train
+from slmkit.api import train
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from train_support import one_thread, tiny_overrides, train_events, write_dataset
 
+from slmkit.api import train
 from slmkit.errors import SlmError
 from slmkit.model import load_model
-from slmkit.train import train
-from slmkit.train.metrics import honesty_warnings
+from slmkit.train.evaluator import honesty_warnings
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -90,6 +90,22 @@ def test_best_checkpoint_loads_and_reproduces_its_validation_loss(finished_run, 
             total += language_model_loss(model, x, y, reduction="sum").item()
             count += y.numel()
     assert total / count == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+def test_evaluator_without_a_trainer_reproduces_the_runs_last_evaluation(finished_run, data_dir):
+    from slmkit.data.loader import open_dataset
+    from slmkit.train.device import setup_device
+    from slmkit.train.evaluator import Evaluator
+
+    run, result = finished_run
+    model = load_model(run / "checkpoints" / "last")
+    evaluator = Evaluator(open_dataset(data_dir), seq_len=32, batch_size=4, batches=2,
+                          setup=setup_device("cpu", "fp32"))
+    record = evaluator.evaluate(model, step=40, tokens=0)
+    last = train_events(run, "eval")[-1]
+    for key in ("val_loss", "train_loss", "val_bpb", "train_bpb", "val_ppl"):
+        assert record[key] == pytest.approx(last[key], rel=1e-5), key
+    assert not model.training  # the model is left in the mode it was given in
 
 
 def test_samples_file_written_with_the_tokenizer(finished_run):
@@ -197,15 +213,14 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(data_dir, tmp_path, 
 
 
 def test_tokens_per_step_sets_accumulation_and_max_tokens_caps_the_steps(data_dir, tmp_path):
-    from slmkit.train import Trainer, resolve_configs
+    from slmkit.train import resolve_run
 
-    model, config = resolve_configs(overrides=tiny_overrides(data_dir, tokens_per_step=512, max_tokens=5000))
-    trainer = Trainer(data_dir, tmp_path / "run", model, config)
-    assert trainer.config.grad_accum == 4 and trainer.tokens_per_step == 512
-    assert trainer.config.max_steps == 10  # ceil(5000 / 512)
-    model, config = resolve_configs(overrides=tiny_overrides(data_dir, tokens_per_step=500))
+    run = resolve_run(data_dir, tmp_path / "run", overrides=tiny_overrides(data_dir, tokens_per_step=512,
+                                                                            max_tokens=5000))
+    assert run.train.grad_accum == 4 and run.tokens_per_step == 512
+    assert run.train.max_steps == 10  # ceil(5000 / 512)
     with pytest.raises(SlmError, match="tokens_per_step = 500 is not a multiple of .* 128; use a multiple, e.g. 512"):
-        Trainer(data_dir, tmp_path / "run", model, config)
+        resolve_run(data_dir, tmp_path / "run", overrides=tiny_overrides(data_dir, tokens_per_step=500))
     assert not (tmp_path / "run").exists()
 
 

@@ -47,7 +47,7 @@ def test_cosine_midpoint_is_halfway_between_peak_and_floor():
 def test_weight_decay_only_on_matrices_not_norms_biases_or_embeddings():
     model = small_model(norm="layernorm", norm_bias=True, attention_bias=True, tie_embeddings=False,
                         position="learned", mlp="gelu")
-    groups = {g["name"]: g for g in adamw_param_groups(model, 0.1, 1e-3)}
+    groups = {g["name"]: g for g in adamw_param_groups(model, 0.1)}
     decayed = {id(p) for p in groups["decay"]["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
     assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0

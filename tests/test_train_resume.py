@@ -7,8 +7,8 @@ import json
 import pytest
 from train_support import one_thread, tiny_overrides, train_events, write_dataset
 
+from slmkit.api import train
 from slmkit.errors import SlmError
-from slmkit.train import train
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

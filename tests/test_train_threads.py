@@ -7,9 +7,9 @@ import torch
 from train_support import tiny_overrides, train_events, write_dataset
 
 from slmkit import runtime
+from slmkit.api import train
 from slmkit.config import load_config_sections
 from slmkit.errors import SlmError
-from slmkit.train import train
 from slmkit.train.config import TrainConfig
 
 

@@ -1,6 +1,6 @@
 """`slm prepare`, `slm tokenizer ...` and `slm data info`: thin calls of `slmkit.api`.
 
-The flags of `slm prepare` are the fields of `PrepareOptions` (one flag each, by `add_options`, with the
+The flags of `slm prepare` are the fields of `api.PrepareOptions` (one flag each, by `add_options`, with the
 help and default the field declares); `slm tokenizer train` takes the fields that say how sources are read
 and cleaned. Written here by hand: the sources, --out, --val (a share, a count or a source), --val-source
 and --quiet, which have no field of their own.
@@ -17,17 +17,14 @@ from pathlib import Path
 from slmkit import api
 from slmkit.cli.options import add_options, given_options, options_from_args
 
-# slmkit.api does not export PrepareOptions yet: the one name this module takes from below the API.
-from slmkit.data import PrepareOptions
-
-# The PrepareOptions fields `slm tokenizer train` takes; the rest shape only a prepared dataset.
-TOKENIZER_TRAIN_FIELDS = (*PrepareOptions.SOURCE_FIELDS, "chat_tokens")
+# The api.PrepareOptions fields `slm tokenizer train` takes; the rest shape only a prepared dataset.
+TOKENIZER_TRAIN_FIELDS = (*api.PrepareOptions.SOURCE_FIELDS, "chat_tokens")
 
 
 def _split_val(values: list[str] | None, sources: list[str] | None) -> tuple[float, list[str]]:
     """--val values: numbers are the validation share (0.05) or document count (10); anything else is a
     validation source. Returns (val, val_sources)."""
-    val, val_sources = PrepareOptions.val, list(sources or [])
+    val, val_sources = api.PrepareOptions.val, list(sources or [])
     for value in values or []:
         try:
             val = float(value)
@@ -46,10 +43,10 @@ def _default_out(sources: list[str], tokenizer: str) -> Path:
     return Path("data") / f"{'+'.join(names[:3])}-{tok}"
 
 
-def prepare_options(args: argparse.Namespace) -> tuple[PrepareOptions, list[str]]:
-    """The PrepareOptions and validation sources that the parsed `slm prepare` flags ask for."""
+def prepare_options(args: argparse.Namespace) -> tuple[api.PrepareOptions, list[str]]:
+    """The api.PrepareOptions and validation sources that the parsed `slm prepare` flags ask for."""
     val, val_sources = _split_val(args.val, args.val_source)
-    return options_from_args(PrepareOptions, args, val=val, progress=not args.quiet), val_sources
+    return options_from_args(api.PrepareOptions, args, val=val, progress=not args.quiet), val_sources
 
 
 def cmd_prepare(args) -> int:
@@ -70,7 +67,7 @@ def cmd_tokenizer_train(args) -> int:
     given = {name: value for name, value in (("spec", args.spec), ("min_frequency", args.min_frequency),
                                              ("max_bytes", args.max_bytes)) if value is not None}
     tokenizer = api.train_tokenizer_on_sources(args.sources, out_dir=args.out, **given,
-                                               **given_options(PrepareOptions, args))
+                                               **given_options(api.PrepareOptions, args))
     print(f"trained {tokenizer.name}: vocab {tokenizer.vocab_size:,}, eot id {tokenizer.eot_id}, "
           f"tiktoken fast path {'on' if getattr(tokenizer, 'uses_tiktoken', False) else 'off'}; saved to {args.out}")
     return 0
@@ -104,11 +101,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", "-o", help="dataset directory (default data/<sources>-<tokenizer>)")
     # --val takes a share, a count or a source, so it is parsed by _split_val rather than as the float field.
     p.add_argument("--val", action="append", metavar="SHARE|COUNT|SOURCE",
-                   help=f"validation: a share of the tokens (default {PrepareOptions.val}), a number of documents "
+                   help=f"validation: a share of the tokens (default {api.PrepareOptions.val}), a number of documents "
                    "(10), or a source that is the validation set (repeatable)")
     p.add_argument("--val-source", action="append", metavar="SOURCE", help="explicit validation source (repeatable)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")  # the progress field, inverted
-    add_options(p, PrepareOptions, skip=("val", "progress"))
+    add_options(p, api.PrepareOptions, skip=("val", "progress"))
     p.set_defaults(run=cmd_prepare)
 
     data = subparsers.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", metavar="ACTION")
@@ -126,8 +123,8 @@ def register(subparsers) -> None:
     train.add_argument("--out", "-o", required=True, help="directory to save the tokenizer in")
     train.add_argument("--min-frequency", type=int, help="BPE: least count of a merged pair (default 2)")
     train.add_argument("--max-bytes", type=int, help="train on at most this many characters (default "
-                       f"{PrepareOptions.tokenizer_train_bytes})")
-    add_options(train, PrepareOptions, skip=tuple(f.name for f in dataclasses.fields(PrepareOptions)
+                       f"{api.PrepareOptions.tokenizer_train_bytes})")
+    add_options(train, api.PrepareOptions, skip=tuple(f.name for f in dataclasses.fields(api.PrepareOptions)
                                                   if f.name not in TOKENIZER_TRAIN_FIELDS))
     train.set_defaults(run=cmd_tokenizer_train)
     show = actions.add_parser("info", help="vocab size and special ids; encode --text")

@@ -1,8 +1,11 @@
-"""`slm train`, `slm report` and `slm quickstart`: thin calls of slmkit.train and slmkit.report."""
+"""`slm train`, `slm report` and `slm quickstart`: thin calls of slmkit.api, flags from its option dataclasses."""
 
 from __future__ import annotations
 
-from slmkit.cli.model import add_config_arguments
+import dataclasses
+
+from slmkit import api
+from slmkit.cli.options import add_options, options_from_args
 
 
 def register(subparsers) -> None:
@@ -11,15 +14,7 @@ def register(subparsers) -> None:
         description="Train a model on a dataset made by `slm prepare`. Any config field can be set with "
                     "--set (model fields bare, training fields as train.FIELD). Under "
                     "`torchrun --nproc_per_node=N` the same command trains with DDP.")
-    train.add_argument("--data", help="the dataset directory (from `slm prepare`); a resumed run reuses its own")
-    train.add_argument("--out", help="the run directory to create (default runs/<model name>, or the next free "
-                                      "runs/<name>-N)")
-    add_config_arguments(train)
-    train.add_argument("--resume", metavar="RUN", help="continue the run in RUN exactly where it stopped")
-    train.add_argument("--init-from", metavar="CHECKPOINT",
-                       help="start a new run from these weights (a checkpoint or run dir); the optimizer starts fresh")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    train.add_argument("--quiet", action="store_true", help="print only errors")
+    add_options(train, api.TrainOptions)
     train.set_defaults(run=_train)
 
     report = subparsers.add_parser("report", help="write report.md and plots for a run directory")
@@ -31,21 +26,14 @@ def register(subparsers) -> None:
         description="The whole flow on a CPU in a few minutes: prepare the built-in Shakespeare corpus "
                     "(the Python standard library if it cannot be fetched) with a 4,096-token BPE tokenizer, "
                     "train the nano preset, print samples and write the report.")
-    quick.add_argument("--minutes", type=float, default=3.0, help="training time (default 3)")
-    quick.add_argument("--data", default="data/shakespeare-bpe4096", help="where to put the dataset")
-    quick.add_argument("--out", default="runs/quickstart", help="the run directory (a free name is chosen "
-                                                                 "next to it if it exists)")
-    quick.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                       help="override a field, e.g. --set train.batch_size=8 (repeatable)")
+    add_options(quick, api.QuickstartOptions)
     quick.set_defaults(run=_quickstart)
 
 
 def _train(args) -> int:
-    from slmkit.train import train
-
-    result = train(args.data, args.out, preset=args.preset, config=args.config, overrides=args.overrides,
-                   resume=args.resume, init_from=args.init_from, overwrite=args.overwrite, quiet=args.quiet)
-    if not args.quiet:
+    options = options_from_args(api.TrainOptions, args)
+    result = api.train(**dataclasses.asdict(options))
+    if not options.quiet:
         print(f"\nrun: {result.run_dir} (step {result.step:,}, {result.tokens:,} tokens, {result.stop_reason})")
         if result.interrupted:
             print(f"continue with: slm train --resume {result.run_dir}")
@@ -53,14 +41,10 @@ def _train(args) -> int:
 
 
 def _report(args) -> int:
-    from slmkit.report import write_report
-
-    print(write_report(args.run_dir))
+    print(api.report(args.run_dir))
     return 0
 
 
 def _quickstart(args) -> int:
-    from slmkit.train.quickstart import quickstart
-
-    result = quickstart(minutes=args.minutes, data_dir=args.data, out=args.out, overrides=args.overrides)
+    result = api.quickstart(**dataclasses.asdict(options_from_args(api.QuickstartOptions, args)))
     return 130 if result.interrupted else 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from slmkit import runtime
 from slmkit.errors import SlmError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -126,13 +127,20 @@ def peak_flops(setup: DeviceSetup, configured_tflops: float | None = None) -> fl
             if key in name:
                 # TF32 tensor cores run at about half the bf16 rate
                 return tflops * 1e12 * (1.0 if setup.precision != "fp32" else 0.5)
-    try:
-        from slmkit.runtime import peak_flops as measured_peak
-    except ImportError:
-        return None
     with torch.random.fork_rng(devices=[]):  # the measurement draws random matrices; keep the run's stream
-        value = measured_peak(setup.device, setup.autocast_dtype or torch.float32)
-    return float(value) if value else None
+        gflops = runtime.measure_matmul_peak(setup.autocast_dtype or torch.float32, str(setup.device))
+    return float(gflops) * 1e9 if gflops else None
+
+
+def configure_training_threads(threads: int | str, device: torch.device, world_size: int = 1,
+                               local_processes: int = 1) -> runtime.ThreadGovernor | None:
+    """Set the intra-op thread count (train.threads); return the governor that adapts it to other
+    processes' load, for "auto" in a single CPU process without OMP_NUM_THREADS, else None (under
+    torchrun the count stays fixed: sibling processes are not "other" load)."""
+    runtime.configure_threads(threads, local_processes if world_size > 1 else 1)
+    if threads != "auto" or world_size > 1 or device.type != "cpu" or runtime.threads_fixed_by_environment():
+        return None
+    return runtime.ThreadGovernor(runtime.available_cpus(), watched=runtime.affinity_cpus())
 
 
 def compile_model(model, enabled: bool):

@@ -34,6 +34,16 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
+def world_size_from_environment() -> int:
+    """The number of processes torchrun started for this run (1 without torchrun)."""
+    return int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else 1
+
+
+def local_processes() -> int:
+    """Processes of this run on this machine (they share its CPUs); torchrun sets LOCAL_WORLD_SIZE."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world_size_from_environment()))
+
+
 def init_distributed(device_name: str = "auto") -> DistInfo:
     """Join the process group torchrun set up (once), or return a single-process DistInfo."""
     if not launched_by_torchrun():
@@ -82,15 +92,6 @@ def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
-
-
-def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True on every process if it is true on any (a stop request must reach all ranks)."""
-    if not info.enabled:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 def barrier(info: DistInfo) -> None:

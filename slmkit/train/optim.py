@@ -5,7 +5,8 @@ replaces each update by its nearest semi-orthogonal matrix, computed with a Newt
 iteration. It is used for the hidden matrices of the blocks; embeddings, the output head, norms and
 biases stay on AdamW.
 
-Every param group carries `initial_lr`; the trainer multiplies it by the schedule's factor.
+Every param group carries a `name` (decay, no_decay, head, muon); the trainer sets its lr from the
+config's peak for that name times the schedule's factor (`slmkit.train.schedule.set_learning_rate`).
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ def parameter_roles(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]
     return roles
 
 
-def adamw_param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict]:
+def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: decayed 2-D matrices (hidden and an untied head), and the rest undecayed
     (embeddings, norms, biases), since decaying those hurts and buys no regularisation."""
     roles = parameter_roles(model)
     decay = [p for _, p in roles["matrix"] + roles["head"]]
     no_decay = [p for _, p in roles["embedding"] + roles["other"]]
-    groups = [{"params": decay, "weight_decay": weight_decay, "initial_lr": lr, "name": "decay"},
-              {"params": no_decay, "weight_decay": 0.0, "initial_lr": lr, "name": "no_decay"}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
     return [g for g in groups if g["params"]]
 
 
@@ -154,17 +155,15 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device_type: str = "c
     if device_type in FUSED_ADAMW_DEVICES:
         adam_kwargs["fused"] = True
     if config.optimizer == "adamw":
-        groups = adamw_param_groups(model, config.weight_decay, config.lr)
+        groups = adamw_param_groups(model, config.weight_decay)
         return CombinedOptimizer([torch.optim.AdamW(groups, **adam_kwargs)])
     roles = parameter_roles(model)
     matrices = [p for _, p in roles["matrix"]]
-    muon = Muon([{"params": matrices, "initial_lr": config.muon_lr, "name": "muon"}], lr=config.muon_lr,
+    muon = Muon([{"params": matrices, "name": "muon"}], lr=config.muon_lr,
                 momentum=config.muon_momentum, weight_decay=config.weight_decay)
     adam_groups = [
-        {"params": [p for _, p in roles["head"]], "weight_decay": config.weight_decay,
-         "initial_lr": config.lr, "name": "head"},
-        {"params": [p for _, p in roles["embedding"] + roles["other"]], "weight_decay": 0.0,
-         "initial_lr": config.lr, "name": "no_decay"},
+        {"params": [p for _, p in roles["head"]], "weight_decay": config.weight_decay, "name": "head"},
+        {"params": [p for _, p in roles["embedding"] + roles["other"]], "weight_decay": 0.0, "name": "no_decay"},
     ]
     adam = torch.optim.AdamW([g for g in adam_groups if g["params"]], **adam_kwargs)
     return CombinedOptimizer([muon, adam])

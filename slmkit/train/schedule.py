@@ -41,8 +41,19 @@ def lr_factor(config: TrainConfig, step: int, time_fraction: float = 0.0) -> flo
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def set_learning_rate(optimizer, factor: float) -> float:
-    """Set every param group's lr to its `initial_lr` x `factor`; return the first group's lr."""
+def peak_lr(config: TrainConfig, group: dict) -> float:
+    """The peak learning rate of an optimizer parameter group: train.muon_lr for the Muon group,
+    train.lr for every AdamW group. The config is the one home of these rates: a resumed run with
+    a changed train.lr applies it from the resumed step on."""
+    return config.muon_lr if group.get("name") == "muon" else config.lr
+
+
+def set_learning_rate(optimizer, config: TrainConfig, factor: float) -> dict[str, float]:
+    """Set every param group's lr to its peak x `factor`; return the rates in use, as logged:
+    {"lr": the AdamW rate} plus {"muon_lr": ...} when there is a Muon group."""
+    rates = {"lr": config.lr * factor}
     for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * factor
-    return optimizer.param_groups[0]["lr"]
+        group["lr"] = peak_lr(config, group) * factor
+        if group.get("name") == "muon":
+            rates["muon_lr"] = group["lr"]
+    return rates

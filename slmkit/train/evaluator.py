@@ -1,0 +1,141 @@
+"""The evaluator: loss, perplexity and bits per byte of a model on a dataset's fixed samples, and the
+honest-number warnings that watch those figures over a run.
+
+It needs a model, a dataset and a few sizes, not a trainer: the trainer calls it at each evaluation,
+and the evaluation commands use it on their own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from slmkit.data.loader import bits_per_byte
+from slmkit.errors import SlmError
+from slmkit.train import distributed
+from slmkit.train.device import DeviceSetup
+from slmkit.train.loss import language_model_loss
+
+SPLITS = ("val", "train")
+GAP_MIN_NATS = 0.1  # a gap smaller than this is noise, however it moves
+GAP_WIDENING_EVALS = 3  # consecutive widenings before warning
+NEAR_ZERO_LOSS = 0.05  # nats: perplexity below about 1.05
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), capped at exp(50) so a diverged loss stays a number."""
+    return math.exp(min(loss, 50))
+
+
+@dataclass
+class Evaluator:
+    """Mean loss (nats per token) over the first `batches` windows of `seq_len` tokens of each split.
+
+    The windows are fixed (the start of each split, no overlap), so evaluations of one run, and of
+    runs on the same dataset, are comparable. Under DDP each process takes every world_size-th batch
+    and the sums are all-reduced; under FSDP every process runs every batch (forwards are collective).
+    """
+
+    dataset: object  # slmkit.data.loader.Dataset
+    seq_len: int
+    batch_size: int
+    batches: int
+    setup: DeviceSetup
+    dist: distributed.DistInfo = field(default_factory=distributed.DistInfo)
+    shard: bool = True  # False under FSDP
+    history: list[dict] = field(default_factory=list)  # every evaluation so far (for the warnings)
+    warned: set[str] = field(default_factory=set)  # warning kinds already given (once per run)
+
+    @torch.no_grad()
+    def split_loss(self, model, split: str) -> float:
+        """Mean loss in nats per token on the fixed sample of `split`; the model is left in the
+        mode it was in."""
+        shard = self.shard and self.dist.enabled
+        device = self.setup.device
+        totals = torch.zeros(2, device=device,  # MPS has no float64
+                             dtype=torch.float32 if device.type == "mps" else torch.float64)
+        was_training = model.training
+        model.eval()
+        try:
+            for index, (x, y) in enumerate(self.dataset.eval_batches(split, self.batch_size, self.seq_len,
+                                                                     self.batches)):
+                if shard and index % self.dist.world_size != self.dist.rank:
+                    continue
+                x, y = x.to(device), y.to(device)
+                with self.setup.autocast():
+                    loss = language_model_loss(model, x, y, reduction="sum")
+                totals[0] += loss.to(totals.dtype)
+                totals[1] += (y != -1).sum()
+        finally:
+            model.train(was_training)
+        if shard:
+            distributed.all_reduce_sum(totals, self.dist)
+        if totals[1].item() == 0:
+            raise SlmError(f"the {split} split has no complete evaluation window of {self.seq_len + 1} tokens; "
+                           f"lower train.seq_len")
+        return (totals[0] / totals[1]).item()
+
+    def evaluate(self, model, step: int, tokens: int) -> dict:
+        """One evaluation record: val and train loss, perplexity and bits per byte (None when the
+        dataset has no byte counts), at `step` after `tokens` training tokens."""
+        record: dict = {"step": step}
+        for split in SPLITS:
+            loss = self.split_loss(model, split)
+            record.update({f"{split}_loss": loss, f"{split}_ppl": perplexity(loss),
+                           f"{split}_bpb": bits_per_byte(loss, self.dataset.bytes_per_token(split))})
+        record["tokens"] = tokens
+        self.history.append(record)
+        return record
+
+    def new_warnings(self) -> list[tuple[str, str]]:
+        """Warnings raised by the evaluations so far that were not given before (then marked given)."""
+        found = honesty_warnings(self.history, self.warned)
+        self.warned.update(kind for kind, _ in found)
+        return found
+
+
+def honesty_warnings(evals: list[dict], already: set[str] | None = None) -> list[tuple[str, str]]:
+    """(kind, message) for each suspicious pattern in the eval records so far, skipping kinds in
+    `already` (each kind is raised once per run).
+
+    - gap_widening: val - train loss grew at each of the last 3 evaluations and exceeds 0.1 nats
+      (the model is memorising its training data);
+    - val_below_train: validation loss well below training loss (leakage, or a val split easier than train);
+    - near_zero_loss: a loss under 0.05 nats, a perplexity near one (memorisation or leakage; a
+      real corpus of natural language does not get there).
+    """
+    already = already or set()
+    found = []
+    if not evals:
+        return found
+    last = evals[-1]
+    val, train = last.get("val_loss"), last.get("train_loss")
+    step = last.get("step")
+    gaps = [e["val_loss"] - e["train_loss"] for e in evals
+            if e.get("val_loss") is not None and e.get("train_loss") is not None]
+    if "gap_widening" not in already and len(gaps) > GAP_WIDENING_EVALS:
+        recent = gaps[-(GAP_WIDENING_EVALS + 1):]
+        if all(b > a for a, b in zip(recent, recent[1:])) and recent[-1] > GAP_MIN_NATS:
+            found.append(("gap_widening",
+                          f"step {step}: the train/val gap widened at {GAP_WIDENING_EVALS} evaluations in a row "
+                          f"(now {recent[-1]:.3f} nats: val {val:.3f}, train {train:.3f}); the model is "
+                          f"memorising its training data. Use more data, fewer steps, dropout or a smaller model; "
+                          f"the best checkpoint is the one to keep"))
+    if "val_below_train" not in already and val is not None and train is not None \
+            and val < train - max(GAP_MIN_NATS, 0.05 * train):
+        found.append(("val_below_train",
+                      f"step {step}: validation loss {val:.3f} is well below training loss {train:.3f}; check the "
+                      f"split for leakage (documents in both splits) or a validation set easier than training"))
+    if "near_zero_loss" not in already:
+        low = [(name, value) for name, value in (("validation", val), ("training", train))
+               if value is not None and value < NEAR_ZERO_LOSS]
+        if low:
+            name, value = low[0]
+            found.append(("near_zero_loss",
+                          f"step {step}: {name} loss {value:.4f} (perplexity {math.exp(value):.3f}) is near zero; "
+                          f"a language model of real text does not get there: the data is memorised or leaks "
+                          f"between splits, so these numbers do not measure generalisation"))
+    return found
+

@@ -1,0 +1,188 @@
+"""The run config: every input of a training run resolved and checked once, before anything is written.
+
+`resolve_run(...)` turns what a user gives (a preset, a config file, `--set` overrides, a dataset,
+an output directory, `--resume RUN` or `--init-from CKPT`) into one frozen `RunConfig`. Resuming
+reads the run's config.json once and applies the overrides on top of it; `--init-from` reads the
+checkpoint's model config. The derived numbers (sequence length, gradient accumulation from
+train.tokens_per_step, max_steps from train.max_tokens) are computed here, so the trainer only runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmkit import __version__
+from slmkit.config import load_config_sections
+from slmkit.data.loader import open_dataset
+from slmkit.errors import SlmError
+from slmkit.model.checkpoint import read_checkpoint_config
+from slmkit.model.config import ModelConfig
+from slmkit.rundir import CHECKPOINTS, RUN_FORMAT, read_run_config, resolve_checkpoint_dir, step_checkpoints
+from slmkit.train.checkpointer import STATE_FILE, architecture_differences
+from slmkit.train.config import TrainConfig
+from slmkit.train.distributed import world_size_from_environment
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A training run, fully resolved. Sizes in tokens; paths absolute where they are inputs."""
+
+    model: ModelConfig
+    train: TrainConfig  # grad_accum and max_steps already derived from tokens_per_step / max_tokens
+    data_dir: Path
+    run_dir: Path
+    seq_len: int  # tokens per training sequence
+    tokens_per_step: int  # all processes, all micro-batches
+    world_size: int = 1
+    resume_from: Path | None = None  # the checkpoint an exact resume starts from
+    init_from: Path | None = None  # the checkpoint whose weights started the run (kept across resumes)
+    overwrite: bool = False
+
+    @property
+    def resume(self) -> bool:
+        return self.resume_from is not None
+
+    @property
+    def load_init_weights(self) -> bool:
+        """Whether the trainer starts from init_from's weights (a new run; a resume has its own)."""
+        return self.init_from is not None and self.resume_from is None
+
+
+def run_record(run: RunConfig, meta: dict, parameters: int, dist, setup, flops_per_token: float,
+               peak_flops: float | None) -> dict:
+    """The run's config.json: the resolved configs plus what was measured or chosen at start (the
+    device, the precision, FLOPs per token and the peak they are measured against)."""
+    return {
+        "format": RUN_FORMAT, "version": 1, "slmkit_version": __version__,
+        "model": run.model.to_dict(),
+        "train": run.train.to_dict(),
+        "data": {"path": str(run.data_dir), "vocab_size": meta.get("vocab_size"),
+                 "tokenizer": meta.get("tokenizer"), "splits": meta.get("splits")},
+        "init_from": str(run.init_from) if run.init_from else None,
+        "parameters": parameters,
+        "seq_len": run.seq_len,
+        "tokens_per_step": run.tokens_per_step,
+        "world_size": dist.world_size,
+        "parallelism": run.train.parallelism if dist.enabled else None,
+        "device": setup.description,
+        "precision": setup.precision,
+        "compile": run.train.compile,
+        "flops_per_token": flops_per_token,
+        "peak_flops": peak_flops,
+    }
+
+
+def free_run_dir(out: str | Path) -> Path:
+    """`out` itself when unused, else out-2, out-3, ... (never an existing run)."""
+    out = Path(out)
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    index = 2
+    while Path(f"{out}-{index}").exists():
+        index += 1
+    return Path(f"{out}-{index}")
+
+
+def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *, preset: str | None = None,
+                config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
+                resume: str | Path | None = None, init_from: str | Path | None = None,
+                overwrite: bool = False, world_size: int | None = None) -> RunConfig:
+    """One RunConfig from a preset < config file < overrides (or ModelConfig/TrainConfig objects).
+
+    resume: a run directory to continue exactly (its config.json is the base the overrides apply
+    to; its dataset is reused unless `data` is given). init_from: a checkpoint or run directory
+    whose weights start a new run (its model config is used). `out` defaults to runs/<model name>
+    (runs/<name>-2 and so on when taken). Raises SlmError for anything that cannot work, naming
+    it; nothing is written.
+    """
+    world_size = world_size or world_size_from_environment()
+    sections = load_config_sections(preset, config, overrides)
+    saved = read_run_config(resume) if resume is not None else None
+    if train_config is None:
+        values = {**saved["train"], **sections["train"]} if saved else sections["train"]
+        train_config = TrainConfig.from_dict(values, where="train config")
+    train_config = train_config.validate()
+    if model_config is None and sections["model"]:
+        values = {**saved["model"], **sections["model"]} if saved else sections["model"]
+        model_config = ModelConfig.from_dict(values, where="model config").validate()
+
+    # -- the model: from the run (resume), a checkpoint (init_from), or as given ----------------
+    resume_from = init_dir = None
+    if saved is not None:
+        run_dir = Path(resume)
+        saved_model = ModelConfig.from_dict(saved["model"], where=str(run_dir / "config.json")).validate()
+        if model_config is not None and (differences := architecture_differences(saved_model, model_config)):
+            raise SlmError(f"cannot resume {run_dir} with a different model config "
+                           f"({'; '.join(differences[:4])}); drop the model overrides, or start a new "
+                           f"run with --init-from {run_dir}")
+        model_config = saved_model
+        data = data if data is not None else saved["data"]["path"]
+        init_dir = Path(saved["init_from"]) if saved.get("init_from") else None
+        resume_from = _resume_checkpoint(run_dir)
+    elif init_from is not None:
+        init_dir = resolve_checkpoint_dir(init_from)
+        meta = read_checkpoint_config(init_dir)
+        source_config = ModelConfig.from_dict(meta["model"], where=str(init_dir / "config.json")).validate()
+        if model_config is not None and (differences := architecture_differences(source_config, model_config)):
+            raise SlmError(f"--init-from {init_from}: its model differs from the config given "
+                           f"({'; '.join(differences[:4])}); drop the model settings to use the "
+                           f"checkpoint's own")
+        model_config = source_config
+    if data is None:
+        raise SlmError("no dataset given: pass --data DIR (a directory made by `slm prepare`)")
+    if model_config is None:
+        raise SlmError("no model given: name a preset (--preset, see `slm presets`) or a config file (--config)")
+    if train_config.dropout is not None:
+        model_config = model_config.replace(dropout=float(train_config.dropout))
+    model_config = model_config.validate()
+
+    # -- data and shapes --------------------------------------------------------------------------
+    seq_len = train_config.seq_len or model_config.context_length
+    if seq_len > model_config.context_length:
+        raise SlmError(f"train.seq_len = {seq_len} exceeds the model context {model_config.context_length}; "
+                       f"lower train.seq_len or raise --set context_length={seq_len}")
+    dataset = open_dataset(data, seq_len=seq_len)
+    data_vocab = int(dataset.meta["vocab_size"])
+    if data_vocab != model_config.vocab_size:
+        raise SlmError(f"the dataset's tokenizer has {data_vocab:,} tokens but the model's vocab_size is "
+                       f"{model_config.vocab_size:,}; add --set vocab_size={data_vocab} (or prepare the "
+                       f"data with a tokenizer of {model_config.vocab_size:,} tokens)")
+    per_micro = train_config.batch_size * seq_len * world_size
+    if train_config.tokens_per_step:
+        if train_config.tokens_per_step % per_micro:
+            raise SlmError(f"train.tokens_per_step = {train_config.tokens_per_step} is not a multiple of "
+                           f"batch_size x seq_len x processes = {per_micro}; use a multiple, e.g. "
+                           f"{max(1, round(train_config.tokens_per_step / per_micro)) * per_micro}")
+        train_config = train_config.replace(grad_accum=train_config.tokens_per_step // per_micro)
+    tokens_per_step = per_micro * train_config.grad_accum
+    if train_config.max_tokens:
+        train_config = train_config.replace(max_steps=max(1, math.ceil(train_config.max_tokens / tokens_per_step)))
+    if train_config.optimizer == "muon" and train_config.parallelism == "fsdp" and world_size > 1:
+        raise SlmError("train.optimizer = 'muon' with parallelism = 'fsdp' is not supported; use ddp or adamw")
+
+    # -- the run directory ------------------------------------------------------------------------
+    if saved is None:
+        if out is None:  # runs/<model name>, or the next free runs/<name>-N
+            out = free_run_dir(Path("runs") / (model_config.name or "run"))
+        run_dir = Path(out)
+        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            raise SlmError(f"run directory {run_dir} already exists; pass --overwrite to replace it, "
+                           f"or --resume {run_dir} to continue it")
+    return RunConfig(model=model_config, train=train_config, data_dir=dataset.dir.resolve(), run_dir=run_dir,
+                     seq_len=seq_len, tokens_per_step=tokens_per_step, world_size=world_size,
+                     resume_from=resume_from, init_from=init_dir, overwrite=overwrite)
+
+
+def _resume_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a resume starts from: last/, else the newest step-N/."""
+    last = run_dir / CHECKPOINTS / "last"
+    if (last / STATE_FILE).is_file():
+        return last
+    steps = step_checkpoints(run_dir)
+    if steps:
+        return steps[-1][1]
+    raise SlmError(f"{run_dir} has no checkpoint to resume from (checkpoints/last is missing); "
+                   f"start it again with --overwrite")
