@@ -1,4 +1,4 @@
-"""`slm generate`, `slm chat` and `slmkit.load(path).generate(...)` on a saved checkpoint with its tokenizer."""
+"""`slm generate`, `slm chat` and `generate(slmkit.load(path), ...)` on a saved checkpoint with its tokenizer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 import slmkit
 from slmkit.cli import main
-from slmkit.generate import GenerationConfig, generate
+from slmkit.generate import GenerationConfig, generate, model_tokenizer
 from slmkit.model import ModelConfig, Transformer, save_model
 from slmkit.tokenizer import train_tokenizer
 
@@ -29,12 +29,14 @@ def checkpoint(tmp_path_factory):
 
 def test_load_returns_a_model_that_generates_from_text_with_its_tokenizer(checkpoint):
     model = slmkit.load(checkpoint)
-    result = model.generate("the cat", "greedy", max_new_tokens=10, ignore_eot=True)
+    result = generate(model, "the cat", "greedy", max_new_tokens=10, ignore_eot=True)
+    tokenizer = model_tokenizer(model)
     assert len(result.tokens) == 10
-    assert result.text == model.tokenizer.decode(result.tokens)
-    assert result.prompt_tokens == model.tokenizer.encode("the cat")
-    ids = model.generate(result.prompt_tokens, temperature=0.0, max_new_tokens=10, ignore_eot=True)
+    assert result.text == tokenizer.decode(result.tokens)
+    assert result.prompt_tokens == tokenizer.encode("the cat")
+    ids = generate(model, result.prompt_tokens, temperature=0.0, max_new_tokens=10, ignore_eot=True)
     assert ids.tokens == result.tokens
+    assert not hasattr(model, "tokenizer")  # found through the checkpoint directory, not kept on the model
 
 
 @pytest.mark.parametrize("preset", ["creative", "coherent", "deterministic", "greedy"])

@@ -1,4 +1,4 @@
-"""The generation engine: cache and lean step against the plain forward, batching, sampling filters,
+"""The generation engine: cached one-token steps against the plain forward, batching, sampling filters,
 penalties, stops, streaming, context overflow, special tokens and bad input."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import torch
 
 from slmkit.errors import SlmError
 from slmkit.generate import GenerationConfig, generate, stream
-from slmkit.generate.fast import LeanDecoder
 from slmkit.generate.sampling import apply_penalties, filter_logits, sampling_distribution, temperature_at
 from slmkit.model import ModelConfig, Transformer
 
@@ -65,23 +64,20 @@ def test_cached_greedy_equals_uncached_reference_past_the_window(family):
     assert len(set(result.tokens)) > 2
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 @pytest.mark.parametrize("family", list(CONFIGS))
-def test_lean_step_logits_equal_model_forward_with_padding(family):
+def test_one_token_steps_over_a_cache_equal_the_full_forward_with_padding(family, static):
     model = tiny(family)
     pad = torch.tensor([0, 3])
     prompt = torch.tensor([ids(2, 7), [0, 0, 0] + ids(3, 4)])
+    tokens = torch.tensor([[5 + step for step in range(12)], [40 - step for step in range(12)]])
     with torch.inference_mode():
-        caches = [model.new_cache(2, 20), model.new_cache(2, 20)]
-        for cache in caches:
-            model(prompt, cache=cache, pad_offsets=pad)
-        lean = LeanDecoder(model)
-        static = LeanDecoder(model, static=True)
-        for step in range(12):  # past the Gemma window of 5
-            token = torch.tensor([[5 + step], [40 - step]])
-            expected = model(token, cache=caches[0], pad_offsets=pad)
-            got = (lean if step % 2 else static).step(token, caches[1], pad)
-            assert (got - expected).abs().max().item() < 1e-5
-    assert caches[0].length == caches[1].length == 19
+        full = model(torch.cat([prompt, tokens], dim=1), pad_offsets=pad)[:, 7:]
+        cache = model.new_cache(2, 20, static=static)
+        model(prompt, cache=cache, pad_offsets=pad)
+        steps = [model(tokens[:, step:step + 1], cache=cache, pad_offsets=pad) for step in range(12)]  # past the window
+    assert cache.length == 19
+    assert (torch.cat(steps, dim=1) - full).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("family", list(CONFIGS))

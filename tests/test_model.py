@@ -1,5 +1,6 @@
 """The one transformer: KV-cache decoding equals a full forward, padding is exact, checkpoints are safe."""
 
+import contextlib
 import json
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 import slmkit
 from slmkit.errors import SlmError
 from slmkit.model import ModelConfig, Transformer, load_model, save_model
+from slmkit.train.parallelize import apply_activation_checkpointing
 
 FAMILIES = {
     "gpt2": dict(family="gpt2", mlp="gelu", norm="layernorm", norm_bias=True, position="learned",
@@ -83,16 +85,40 @@ def test_left_padded_batch_equals_each_row_alone(family):
     torch.testing.assert_close(step[1, 0], next_short[0], atol=2e-5, rtol=1e-4)
 
 
-def test_activation_checkpointing_gives_the_same_gradients():
-    model = tiny_model("llama").train()
-    ids = torch.randint(0, 97, (2, 16))
-    model(ids).square().mean().backward()
-    plain = [p.grad.clone() for p in model.parameters()]
+@contextlib.contextmanager
+def saved_tensors_counted():
+    """Count the tensors autograd keeps for the backward pass: [count]."""
+    count = [0]
+
+    def pack(tensor):
+        count[0] += 1
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        yield count
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_activation_checkpointing_gives_the_same_loss_gradients_and_names(family):
+    model = tiny_model(family, dropout=0.1).train()  # dropout: the recomputation must replay its mask
+    ids = torch.randint(0, 97, (2, 16))  # longer than the gemma3 window of 5
+    names = list(model.state_dict())
+    torch.manual_seed(1)
+    with saved_tensors_counted() as plain_saved:
+        plain_loss = model(ids).square().mean()
+    plain_loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-    model.set_activation_checkpointing(True)
-    model(ids).square().mean().backward()
-    for a, b in zip(plain, (p.grad for p in model.parameters())):
-        torch.testing.assert_close(a, b)
+    apply_activation_checkpointing(model)
+    assert list(model.state_dict()) == names and list(dict(model.named_parameters())) == list(plain)
+    torch.manual_seed(1)
+    with saved_tensors_counted() as saved:
+        loss = model(ids).square().mean()
+    loss.backward()
+    assert saved[0] < plain_saved[0] / 3  # the blocks kept only their inputs
+    torch.testing.assert_close(loss, plain_loss)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad, plain[name])
 
 
 def test_tied_head_shares_the_embedding_and_untied_does_not():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -17,19 +16,6 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.generate.config import GenerationConfig
 from slmkit.generate.engine import Generation, sample
-
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def lean_decoder(model, compile: bool = False):
-    """The model's LeanDecoder; a compiled one is kept with the model so that it compiles once."""
-    from slmkit.generate.fast import LeanDecoder
-
-    if not compile:
-        return LeanDecoder(model)
-    if model not in _COMPILED:
-        _COMPILED[model] = LeanDecoder(model, compile=True)
-    return _COMPILED[model]
 
 
 def resolve_config(config: GenerationConfig | str | None = None, **overrides) -> GenerationConfig:
@@ -46,23 +32,22 @@ def resolve_config(config: GenerationConfig | str | None = None, **overrides) ->
 
 
 def model_tokenizer(model, required: bool = False):
-    """The tokenizer saved with the model's checkpoint (cached on the model), or None."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is not None:
-        return tokenizer
+    """The tokenizer saved with the model's checkpoint, or None.
+
+    Read from `model.checkpoint_dir` (set by `load_model`) at each call, which costs milliseconds;
+    callers that generate repeatedly pass tokenizer= instead.
+    """
     directory = getattr(model, "checkpoint_dir", None)
     if directory is not None:
         try:
             from slmkit.tokenizer import load_tokenizer
 
-            tokenizer = load_tokenizer(directory)
+            return load_tokenizer(directory)
         except (ImportError, SlmError) as error:
             if required:
                 raise SlmError(f"cannot load the tokenizer saved with {directory}: {error}; pass "
                                f"tokenizer= (e.g. load_tokenizer(\"gpt2\")) or give token ids") from None
             return None
-        model.tokenizer = tokenizer
-        return tokenizer
     if required:
         raise SlmError("a text prompt needs a tokenizer: this model has none saved with it; pass "
                        "tokenizer= (e.g. slmkit.tokenizer.load_tokenizer(\"gpt2\")) or give token ids")
@@ -108,8 +93,8 @@ def generate(model, prompt, config: GenerationConfig | str | None = None, *, tok
     "coherent", "deterministic", "greedy") or None; keyword overrides (max_new_tokens=..., top_p=...)
     change single fields. The tokenizer defaults to the one saved with the checkpoint; eot_id and
     pad_id default to the tokenizer's. on_text(row, text) receives text as it becomes final,
-    on_token(row, id) each token. compile=True runs the decode steps through torch.compile (a
-    one-time compile per batch size; worth it for long generations).
+    on_token(row, id) each token. compile=True runs the decode steps through torch.compile (compiled
+    once for batch 1 and once for larger batches, then reused; worth it for long generations).
 
     Returns a Generation for a single prompt, a list (one per prompt) for a batch; with
     num_return_sequences > 1 each of those becomes a list of Generations (beam search: best first).
@@ -136,7 +121,7 @@ def generate(model, prompt, config: GenerationConfig | str | None = None, *, tok
             flat = [p for p in prompts for _ in range(copies)]
             outputs = sample(model, flat, config, eot_id=eot_id, pad_id=pad_id, tokenizer=tokenizer,
                              on_token=on_token, on_text=on_text, skip_special_tokens=skip_special_tokens,
-                             decoder=lean_decoder(model, compile) if compile else None)
+                             compile=compile)
             results = [outputs[i * copies:(i + 1) * copies] for i in range(len(prompts))]
     finally:
         model.train(was_training)

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from slmkit.generate.engine import Generation, StopChecker, left_pad, prefill, prepare_prompts
-from slmkit.generate.fast import LeanDecoder
+from slmkit.generate.engine import Decoder, Generation, StopChecker, left_pad, prefill, prepare_prompts
 from slmkit.generate.sampling import NEG_INF, apply_penalties
 
 LARGE = 1.0e9
@@ -52,8 +51,8 @@ def beam_search(model, prompts: list[list[int]], config, *, eot_id: int | None =
     improvable = torch.ones((batch, 1), dtype=torch.bool, device=device)
     batch_offset = torch.arange(batch, device=device)[:, None] * beams
 
-    decoder = LeanDecoder(model)
-    cache = model.new_cache(batch * beams, max(max_length - 1, width))
+    decoder = Decoder(model)
+    cache = decoder.new_cache(batch * beams, max(max_length - 1, width))
     logits = prefill(model, running[:, :, :width].reshape(batch * beams, width), cache, flat_pad)
     column = width
     while True:
@@ -104,7 +103,7 @@ def beam_search(model, prompts: list[list[int]], config, *, eot_id: int | None =
         if not (bool(improvable.any()) and open_beams and not bool(ends.all())):
             break
         cache.reorder(cache_rows)
-        logits = decoder.step(running[:, :, column - 1].reshape(-1, 1), cache, flat_pad)[:, -1]
+        logits = decoder.step(running[:, :, column - 1].reshape(-1, 1), cache, flat_pad)
 
     results = []
     for b in range(batch):

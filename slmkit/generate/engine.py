@@ -87,6 +87,45 @@ def prefill(model, tokens: torch.Tensor, cache, pad_offsets: torch.Tensor | None
     return model.lm_head(hidden[:, -1])
 
 
+class Decoder:
+    """The one-token decode steps of a generation: the model's own forward over a KV cache.
+
+    compile=True runs the steps through torch.compile over static caches of the full context, so no
+    shape depends on the step or the prompt. The compiled callable lives here, held by the caller
+    (not on the model, not in a module global); dynamo keeps its graphs with the model's code, so
+    the next Decoder for the same model reuses them.
+    """
+
+    def __init__(self, model, compile: bool = False):
+        self.model = model
+        self.static = compile
+        # Batch marked dynamic (below), all else static: one graph for batch 1, one for any larger batch.
+        self.forward = torch.compile(model, dynamic=False) if compile else model
+
+    def new_cache(self, batch_size: int, capacity: int):
+        """A cache for `capacity` steps (static: the whole context, whatever `capacity`)."""
+        if not self.static:
+            return self.model.new_cache(batch_size, capacity)
+        cache = self.model.new_cache(batch_size, self.model.config.context_length, static=True)
+        for tensor in cache.keys + cache.values:
+            _batch_is_dynamic(tensor)
+        return cache
+
+    def step(self, tokens: torch.Tensor, cache, pad_offsets: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, V) of the next token after `tokens` (B, 1), which are added to `cache`."""
+        if self.static:
+            if pad_offsets is None:  # one compiled graph for padded and unpadded batches
+                pad_offsets = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+            _batch_is_dynamic(tokens)
+            _batch_is_dynamic(pad_offsets)
+        return self.forward(tokens, cache=cache, pad_offsets=pad_offsets)[:, -1]
+
+
+def _batch_is_dynamic(tensor: torch.Tensor) -> None:
+    if tensor.shape[0] > 1:  # batch 1 gets its own graph (dynamo specializes sizes 0 and 1)
+        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+
+
 class StopChecker:
     """Per-row stop rules on accepted tokens, and the streaming text that is safe to show so far."""
 
@@ -187,13 +226,12 @@ def _generators(config, device, rows: int) -> list[torch.Generator] | None:
 def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None, pad_id: int | None = None,
            tokenizer=None, on_token: Callable[[int, int], None] | None = None,
            on_text: Callable[[int, str], None] | None = None, skip_special_tokens: bool = True,
-           decoder=None) -> list[Generation]:
+           compile: bool = False) -> list[Generation]:
     """Decode every prompt (token ids) with `config` (num_beams 1); one Generation per prompt.
 
     on_token(row, token) is called for each accepted token, on_text(row, text) with each piece of text
-    that is safe to show (needs a tokenizer). Temperature 0 is greedy. decoder: what runs the one-token
-    steps (default `LeanDecoder(model)`, equal to `model(tokens, cache=..., pad_offsets=...)` with less
-    overhead; a static or compiled one gets a cache of the full context, so its shapes never change).
+    that is safe to show (needs a tokenizer). Temperature 0 is greedy. compile: run the one-token steps
+    through torch.compile (see Decoder).
     """
     context = model.config.context_length
     rows = prepare_prompts(prompts, config, context, eot_id)
@@ -211,14 +249,9 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
     history[:, :width] = prompt_tokens
     pad_offsets = pad_offsets.to(device) if pad_offsets is not None else None
     history_pad = pad_offsets
-    if decoder is None:
-        from slmkit.generate.fast import LeanDecoder
-
-        decoder = LeanDecoder(model)
+    decoder = Decoder(model, compile)
     capacity = max(min(total - 1, context), width)  # steps the model will read
-    if decoder.static:
-        capacity = context
-    cache = model.new_cache(batch, capacity)
+    cache = decoder.new_cache(batch, capacity)
     logits = prefill(model, history[:, :width], cache, pad_offsets)
     uses_penalties = (config.repetition_penalty != 1.0 or config.presence_penalty or config.frequency_penalty
                       or config.no_repeat_ngram_size > 0)
@@ -253,10 +286,10 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
                     .tolist() for i in range(batch)]
             kept_tokens, pad_offsets = left_pad(kept, keep)
             pad_offsets = pad_offsets.to(device) if pad_offsets is not None else None
-            cache = model.new_cache(batch, capacity)
+            cache = decoder.new_cache(batch, capacity)
             logits = prefill(model, kept_tokens.to(device), cache, pad_offsets)
         else:
-            logits = decoder.step(feed, cache, pad_offsets)[:, -1]
+            logits = decoder.step(feed, cache, pad_offsets)
     finish_rows(states, on_text)
     for state in states:
         if tokenizer is not None and state.text is None:

@@ -6,6 +6,8 @@ Each is switched by ModelConfig; none knows about devices, precision policy, DDP
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,15 +69,31 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotated * sin
 
 
+@dataclass
+class AttentionInputs:
+    """What every layer's attention reads in one forward, computed once by the model, not per layer.
+
+    rotary: (cos, sin) per rotary base frequency, shaped (T, D) or, with per-row positions, (B, 1, T, D).
+    masks: an `attention_mask` mask per attention span: None for full layers, the window for sliding ones.
+    cache: the KVCache the new keys and values go into (prepared for this forward), or None.
+    """
+
+    rotary: dict[float, tuple[torch.Tensor, torch.Tensor]]
+    masks: dict[int | None, Any]
+    cache: Any = None
+
+
 class Attention(nn.Module):
     """Causal self-attention: MHA, GQA or MQA; full or sliding window; optional QK-norm.
 
     Q, K and V come from one fused projection laid out as [Q | K | V]. Grouped K/V heads are never
-    repeated in memory: SDPA's `enable_gqa` shares them across query heads.
+    repeated in memory: SDPA's `enable_gqa` shares them across query heads. With a cache, the new keys
+    and values are written into it and the queries attend over what it returns.
     """
 
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
+        self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.window = config.sliding_window if config.layer_is_sliding(layer) else None
         self.qkv = nn.Linear(config.d_model, config.q_dim + 2 * config.kv_dim, bias=config.attention_bias)
@@ -85,12 +103,9 @@ class Attention(nn.Module):
         scalar = config.query_pre_attn_scalar or config.head_dim
         self.scale = scalar**-0.5
         self.dropout = config.dropout
-        self.rotary = (
-            RotaryEmbedding(config.head_dim, config.layer_rope_theta(layer)) if config.position == "rope" else None
-        )
+        self.rope_theta = config.layer_rope_theta(layer) if config.position == "rope" else None
 
-    def forward(self, x: torch.Tensor, steps: torch.Tensor, positions: torch.Tensor,
-                pad_offsets: torch.Tensor | None, cache=None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
         batch, length, _ = x.shape
         q, k, v = self.qkv(x).split(
             [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim, self.n_kv_heads * self.head_dim],
@@ -101,16 +116,13 @@ class Attention(nn.Module):
         v = v.view(batch, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if self.rotary is not None:
-            cos, sin = self.rotary.cos_sin(positions, q.dtype)
-            if cos.dim() == 3:  # per-row positions (B, T, D) -> (B, 1, T, D)
-                cos, sin = cos[:, None], sin[:, None]
+        if self.rope_theta is not None:
+            cos, sin = inputs.rotary[self.rope_theta]
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        key_steps = steps
-        if cache is not None:
-            k, v, key_steps = cache.update(layer, k, v)
-        mask = attention_mask(steps, key_steps, self.window, pad_offsets)
-        y = attend(q, k.to(q.dtype), v.to(q.dtype), mask, self.scale, self.dropout if self.training else 0.0)
+        if inputs.cache is not None:
+            k, v = inputs.cache.update(self.layer, k, v)
+        y = attend(q, k.to(q.dtype), v.to(q.dtype), inputs.masks[self.window], self.scale,
+                   self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -177,22 +189,29 @@ def _mask_bias(mask, q: torch.Tensor, n_kv_heads: int, group: int, n_keys: int) 
 
 def attention_mask(query_steps: torch.Tensor, key_steps: torch.Tensor, window: int | None,
                    pad_offsets: torch.Tensor | None):
-    """The mask for SDPA: "causal" or None where a fast path is exact, else a bool (B|1, 1, T, S) tensor.
+    """The mask for SDPA: "causal" or None where a fast path is exact, else `visible_keys`.
 
-    A key is visible when it is not in the future, lies within the window (query step - key step <
-    window) and is not padding. A padded query sees itself, so that no row is empty (its output is
-    never used).
+    The fast paths assume the keys are the steps 0 .. last query (no cache slot ahead or empty).
     """
     n_queries, n_keys = query_steps.shape[0], key_steps.shape[0]
-    if pad_offsets is None and window is None or (
-        pad_offsets is None and window is not None and n_keys <= window
-    ):
+    if pad_offsets is None and (window is None or n_keys <= window):
         if n_queries == 1:
             return None  # one new token sees every cached key
         if n_queries == n_keys:
             return "causal"
+    return visible_keys(query_steps, key_steps, window, pad_offsets)
+
+
+def visible_keys(query_steps: torch.Tensor, key_steps: torch.Tensor, window: int | None,
+                 pad_offsets: torch.Tensor | None) -> torch.Tensor:
+    """Which keys each query sees, as a bool (B|1, 1, T, S) tensor, for queries and keys at time steps.
+
+    A key is visible when it is not in the future, lies within the window (query step - key step <
+    window), is not padding and holds a step at all (a negative step marks an empty cache slot). A
+    padded query sees itself, so that no row is empty (its output is never used).
+    """
     q, k = query_steps[:, None], key_steps[None, :]
-    visible = k <= q
+    visible = (k <= q) & (k >= 0)
     if window is not None:
         visible = visible & (q - k < window)
     if pad_offsets is None:

@@ -1,7 +1,9 @@
 """The one decoder-only transformer: blocks and the model.
 
 Token ids (B, T) in, logits (B, T, vocab) out; an optional KVCache turns the same forward into
-incremental decoding.
+prefill and incremental decoding. Training, prefill and one-token decode steps run the same modules:
+the model computes what every layer shares once per forward (rotary cos/sin per base frequency, one
+mask per attention span) and hands it down in an AttentionInputs.
 """
 
 from __future__ import annotations
@@ -10,11 +12,19 @@ import math
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from slmkit.errors import SlmError
 from slmkit.model.config import ModelConfig
-from slmkit.model.layers import MLP, Attention, init_std_for_residual, make_norm
+from slmkit.model.kv_cache import KVCache
+from slmkit.model.layers import (
+    MLP,
+    Attention,
+    AttentionInputs,
+    RotaryEmbedding,
+    attention_mask,
+    init_std_for_residual,
+    make_norm,
+)
 
 
 class Block(nn.Module):
@@ -32,8 +42,8 @@ class Block(nn.Module):
         self.mlp_post_norm = make_norm(config) if sandwich else None
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, steps, positions, pad_offsets=None, cache=None):
-        h = self.attn(self.attn_norm(x), steps, positions, pad_offsets, cache, self.layer)
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+        h = self.attn(self.attn_norm(x), inputs)
         if self.attn_post_norm is not None:
             h = self.attn_post_norm(h)
         x = x + self.dropout(h)
@@ -55,11 +65,13 @@ class Transformer(nn.Module):
         )
         self.embed_dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        thetas = sorted({config.layer_rope_theta(i) for i in range(config.n_layers)}) if config.position == "rope" else []
+        self.rotary = nn.ModuleList(RotaryEmbedding(config.head_dim, theta) for theta in thetas)
+        self.windows = sorted({block.attn.window for block in self.blocks}, key=lambda w: w or 0)
         self.final_norm = make_norm(config)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.activation_checkpointing = False
         self.reset_parameters()
 
     # -- initialisation -----------------------------------------------------------------------
@@ -81,29 +93,29 @@ class Transformer(nn.Module):
             elif hasattr(module, "unit_offset"):  # RMSNorm
                 nn.init.constant_(module.weight, 0.0 if module.unit_offset else 1.0)
 
-    def set_activation_checkpointing(self, enabled: bool = True) -> Transformer:
-        """Recompute each block's activations in the backward pass (less memory, ~30% more compute)."""
-        self.activation_checkpointing = enabled
-        return self
-
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, cache=None, pad_offsets: torch.Tensor | None = None,
-                return_hidden: bool = False) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
+                pad_offsets: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids (B, T).
 
-        cache: a KVCache; the new tokens follow the cached ones (time steps cache.length onwards).
+        cache: a KVCache; the new tokens follow the cached ones (time steps cache.length onwards) and
+            their keys and values are added to it. With a static cache no shape depends on the step, so
+            a one-token step can be compiled once for a whole generation.
         pad_offsets: (B,) count of left-padding steps per row; padded keys are masked and positions
             start at 0 on each row's first real token.
         return_hidden: return the final-norm hidden states (B, T, d_model) instead of logits, for
             losses that apply the output head in chunks.
+        Raises SlmError when the tokens do not fit the context (learned positions) or the cache.
         """
         batch, length = input_ids.shape
-        start = cache.length if cache is not None else 0
-        if pad_offsets is None and start + length > self.config.context_length and self.pos_embed is not None:
-            raise SlmError(
-                f"sequence of {start + length} tokens exceeds the model context {self.config.context_length}"
-            )
-        steps = torch.arange(start, start + length, device=input_ids.device)
+        if cache is None:
+            if pad_offsets is None and length > self.config.context_length and self.pos_embed is not None:
+                raise SlmError(
+                    f"sequence of {length} tokens exceeds the model context {self.config.context_length}"
+                )
+            steps = torch.arange(length, device=input_ids.device)
+        else:
+            steps = cache.reserve(length, input_ids.device)
         positions = steps if pad_offsets is None else (steps[None, :] - pad_offsets[:, None]).clamp_min(0)
         x = self.embed(input_ids)
         if self.config.embedding_scale:
@@ -111,30 +123,39 @@ class Transformer(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
         x = self.embed_dropout(x)
+        if cache is None:
+            masks = {window: attention_mask(steps, steps, window, pad_offsets) for window in self.windows}
+        else:
+            masks = cache.prepare(steps, pad_offsets)
+        inputs = AttentionInputs(self.rotary_cos_sin(positions, compute_dtype(x)), masks, cache)
         for block in self.blocks:
-            if self.activation_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, steps, positions, pad_offsets, None, use_reentrant=False)
-            else:
-                x = block(x, steps, positions, pad_offsets, cache)
-        if cache is not None:
-            cache.advance(length)
+            x = block(x, inputs)
         x = self.final_norm(x)
         return x if return_hidden else self.lm_head(x)
 
-    def generate(self, prompt, config=None, **options):
-        """Continue a prompt (text or token ids); see `slmkit.generate.generate` for the options."""
-        from slmkit.generate import generate  # imported lazily: the model depends on nothing above it
-
-        return generate(self, prompt, config, **options)
+    def rotary_cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> dict:
+        """(cos, sin) per rotary base frequency for `positions` (T,) or (B, T); see AttentionInputs."""
+        tables = {}
+        for rotary in self.rotary:
+            cos, sin = rotary.cos_sin(positions, dtype)
+            tables[rotary.theta] = (cos[:, None], sin[:, None]) if cos.dim() == 3 else (cos, sin)
+        return tables
 
     # -- bookkeeping --------------------------------------------------------------------------
     def num_parameters(self) -> int:
         """Unique parameters (a tied head counts once, as Hugging Face counts)."""
         return sum(p.numel() for p in self.parameters())
 
-    def new_cache(self, batch_size: int, capacity: int | None = None, dtype=None):
-        from slmkit.model.kv_cache import KVCache
-
+    def new_cache(self, batch_size: int, capacity: int | None = None, dtype=None, static: bool = False) -> KVCache:
+        """An empty KVCache for `batch_size` rows and `capacity` time steps (default: the context), on the
+        model's device and in its dtype; static: see KVCache."""
         param = next(self.parameters())
         return KVCache(self.config, batch_size, capacity or self.config.context_length,
-                       device=param.device, dtype=dtype or param.dtype)
+                       device=param.device, dtype=dtype or param.dtype, static=static)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the linear layers produce from `x`: autocast's where it is on, else x's own."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
