@@ -99,8 +99,7 @@ class Decoder:
     def __init__(self, model, compile: bool = False):
         self.model = model
         self.static = compile
-        # Batch marked dynamic (below), all else static: one graph for batch 1, one for any larger batch.
-        self.forward = torch.compile(model, dynamic=False) if compile else model
+        self.forward = None if compile else model  # compiled at the first step, after the first token
 
     def new_cache(self, batch_size: int, capacity: int):
         """A cache for `capacity` steps (static: the whole context, whatever `capacity`)."""
@@ -114,6 +113,9 @@ class Decoder:
     def step(self, tokens: torch.Tensor, cache, pad_offsets: torch.Tensor | None) -> torch.Tensor:
         """Logits (B, V) of the next token after `tokens` (B, 1), which are added to `cache`."""
         if self.static:
+            if self.forward is None:
+                # Batch marked dynamic (below), all else static: one graph for batch 1, one for any larger.
+                self.forward = torch.compile(self.model, dynamic=False)
             if pad_offsets is None:  # one compiled graph for padded and unpadded batches
                 pad_offsets = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
             _batch_is_dynamic(tokens)
