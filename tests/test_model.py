@@ -170,8 +170,10 @@ def test_damaged_or_missing_checkpoints_are_refused(tmp_path):
     with pytest.raises(SlmError, match="checkpoint not found"):
         load_model(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SlmError, match="holds no slmkit checkpoint"):
+    with pytest.raises(SlmError, match="is not an slmkit checkpoint"):
         load_model(tmp_path / "empty")
+    with pytest.raises(SlmError, match="holds no slmkit checkpoint"):
+        slmkit.load(tmp_path / "empty")
     save_model(tiny_model("llama"), tmp_path / "ckpt")
     (tmp_path / "ckpt" / "config.json").write_text("{not json")
     with pytest.raises(SlmError, match="not valid JSON"):
@@ -189,4 +191,6 @@ def test_saving_over_a_checkpoint_replaces_it_whole(tmp_path):
 def test_run_directory_resolves_to_its_best_checkpoint(tmp_path):
     save_model(tiny_model("llama"), tmp_path / "run" / "checkpoints" / "last")
     save_model(tiny_model("gpt2"), tmp_path / "run" / "checkpoints" / "best")
-    assert load_model(tmp_path / "run").config.family == "gpt2"
+    assert slmkit.load(tmp_path / "run").config.family == "gpt2"
+    with pytest.raises(SlmError, match="is a run directory, not a checkpoint: load it with slmkit.load"):
+        load_model(tmp_path / "run")  # the model layer reads checkpoints only; the API finds a run's

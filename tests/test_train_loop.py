@@ -8,6 +8,7 @@ import pytest
 import torch
 from train_support import one_thread, tiny_overrides, train_events, write_dataset
 
+import slmkit
 from slmkit.api import train
 from slmkit.errors import SlmError
 from slmkit.model import load_model
@@ -81,7 +82,7 @@ def test_best_checkpoint_loads_and_reproduces_its_validation_loss(finished_run, 
     from slmkit.train.loss import language_model_loss
 
     run, _ = finished_run
-    model = load_model(run)  # a run dir resolves to checkpoints/best
+    model = slmkit.load(run)  # a run dir resolves to checkpoints/best
     best = json.loads((run / "checkpoints" / "best" / "config.json").read_text())
     dataset = open_dataset(data_dir)
     total, count = 0.0, 0

@@ -22,7 +22,7 @@ from slmkit.errors import SlmError
 from slmkit.model.config import ModelConfig
 from slmkit.model.layers import RotaryEmbedding
 from slmkit.model.transformer import Transformer
-from slmkit.rundir import resolve_checkpoint_dir
+from slmkit.rundir import RUN_FORMAT, is_run_dir
 from slmkit.utils import atomic_dir
 
 FORMAT = "slmkit-checkpoint"
@@ -84,13 +84,19 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict:
     path = directory / CONFIG_FILE
     if not directory.exists():
         raise SlmError(f"checkpoint not found: {directory}")
+    run_message = (f"{directory} is a run directory, not a checkpoint: load it with slmkit.load() (its best, "
+                   f"else last, checkpoint) or name one of its checkpoints, e.g. {directory}/checkpoints/best")
     if not path.is_file():
+        if is_run_dir(directory):
+            raise SlmError(run_message)
         raise SlmError(f"{directory} is not an slmkit checkpoint (no {CONFIG_FILE}); "
                        f"for a Hugging Face model directory use `slm import-hf`")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SlmError(f"{path} is not valid JSON ({error}); the checkpoint is damaged") from None
+    if meta.get("format") == RUN_FORMAT:
+        raise SlmError(run_message)
     if meta.get("format") != FORMAT:
         raise SlmError(f"{path} is not an slmkit checkpoint config (format={meta.get('format')!r}); "
                        f"for a Hugging Face model directory use `slm import-hf`")
@@ -122,10 +128,9 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
     """Load a Transformer from a checkpoint directory, in eval mode.
 
     Raises SlmError for a missing, damaged or incompatible checkpoint. Never executes code. A run
-    directory is still read (its best, else last, checkpoint), but finding a run's checkpoint is
-    slmkit.rundir's business: call `slmkit.load` for run directories.
+    directory is not a checkpoint: `slmkit.load` finds a run's best (else last) checkpoint.
     """
-    directory = resolve_checkpoint_dir(directory)
+    directory = Path(directory)
     config, state, meta = load_state(directory)
     with torch.device("meta"):
         model = Transformer(config)

@@ -10,7 +10,7 @@ docs/training.md and slmkit/rundir.py).
 """
 
 from slmkit.train.config import TrainConfig
-from slmkit.train.run_config import RunConfig, free_run_dir, resolve_run
-from slmkit.train.trainer import Trainer, TrainResult
+from slmkit.train.run_config import RunConfig, TrainResult, free_run_dir, resolve_run
+from slmkit.train.trainer import Trainer
 
 __all__ = ["RunConfig", "TrainConfig", "TrainResult", "Trainer", "free_run_dir", "resolve_run"]

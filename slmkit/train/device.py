@@ -7,7 +7,6 @@ newer, CPUs with AVX512-BF16 or AMX), fp16 with a gradient scaler on older GPUs,
 from __future__ import annotations
 
 import contextlib
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -141,15 +140,3 @@ def configure_training_threads(threads: int | str, device: torch.device, world_s
     if threads != "auto" or world_size > 1 or device.type != "cpu" or runtime.threads_fixed_by_environment():
         return None
     return runtime.ThreadGovernor(runtime.available_cpus(), watched=runtime.affinity_cpus())
-
-
-def compile_model(model, enabled: bool):
-    """torch.compile `model` when asked; on failure warn and return the eager model."""
-    if not enabled:
-        return model
-    try:
-        return torch.compile(model)
-    except Exception as error:  # compile support varies by platform; eager still trains
-        warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); training in eager mode",
-                      stacklevel=2)
-        return model

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -63,14 +65,10 @@ def wrap_model(model, info: DistInfo, device: torch.device, parallelism: str = "
     if not info.enabled:
         return model
     if parallelism == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
         for block in model.blocks:
             fully_shard(block)
         fully_shard(model)
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
 

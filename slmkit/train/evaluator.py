@@ -89,6 +89,11 @@ class Evaluator:
         self.history.append(record)
         return record
 
+    def resume(self, events: list[dict], state) -> None:
+        """Continue a run's watch: its eval events up to the resumed step, and the warnings given."""
+        self.history = [e for e in events if e.get("event") == "eval" and e.get("step", 0) <= state.step]
+        self.warned = set(state.warned)
+
     def new_warnings(self) -> list[tuple[str, str]]:
         """Warnings raised by the evaluations so far that were not given before (then marked given)."""
         found = honesty_warnings(self.history, self.warned)

@@ -1,8 +1,11 @@
-"""Memory and parallelism techniques applied to a model from outside, as torchtitan's parallelize step
-does: the model code never mentions them.
+"""Memory and speed techniques applied to a model from outside, as torchtitan's parallelize step
+does: the model code never mentions them. Activation checkpointing and torch.compile here; DDP and
+FSDP2 in distributed.py.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -36,3 +39,15 @@ def apply_activation_checkpointing(model: Transformer) -> Transformer:
             raise TypeError(f"cannot checkpoint a {type(block).__name__}: apply activation checkpointing "
                             f"to the plain model, before fully_shard, DDP or torch.compile")
     return model
+
+
+def compile_model(model, enabled: bool):
+    """torch.compile `model` when asked; on failure warn and return the eager model."""
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as error:  # compile support varies by platform; eager still trains
+        warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); training in eager mode",
+                      stacklevel=2)
+        return model

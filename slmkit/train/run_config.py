@@ -10,7 +10,7 @@ train.tokens_per_step, max_steps from train.max_tokens) are computed here, so th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmkit import __version__
@@ -48,6 +48,22 @@ class RunConfig:
     def load_init_weights(self) -> bool:
         """Whether the trainer starts from init_from's weights (a new run; a resume has its own)."""
         return self.init_from is not None and self.resume_from is None
+
+
+@dataclass
+class TrainResult:
+    """What a run did. Losses in nats; times in seconds."""
+
+    run_dir: Path
+    step: int = 0
+    tokens: int = 0
+    final_eval: dict | None = None
+    best_val_loss: float | None = None
+    interrupted: bool = False  # stopped by Ctrl-C, SIGTERM or request_stop(), with a checkpoint saved
+    stop_reason: str = ""
+    wall_time: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
 
 
 def run_record(run: RunConfig, meta: dict, parameters: int, dist, setup, flops_per_token: float,

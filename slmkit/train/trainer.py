@@ -21,8 +21,6 @@ import random
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,36 +34,15 @@ from slmkit.model.transformer import Transformer
 from slmkit.rundir import CHECKPOINTS, read_metrics
 from slmkit.train import distributed
 from slmkit.train.checkpointer import Checkpointer, TrainState
-from slmkit.train.device import (
-    compile_model,
-    configure_training_threads,
-    peak_flops,
-    pick_device,
-    setup_device,
-)
+from slmkit.train.device import configure_training_threads, peak_flops, pick_device, setup_device
 from slmkit.train.evaluator import Evaluator
 from slmkit.train.guards import NonFiniteGuard, StopSignals, is_out_of_memory, out_of_memory_error
 from slmkit.train.loss import language_model_loss
 from slmkit.train.optim import build_optimizer
-from slmkit.train.parallelize import apply_activation_checkpointing
+from slmkit.train.parallelize import apply_activation_checkpointing, compile_model
 from slmkit.train.reporter import Reporter
-from slmkit.train.run_config import RunConfig, run_record
+from slmkit.train.run_config import RunConfig, TrainResult, run_record
 from slmkit.train.schedule import lr_factor, set_learning_rate
-
-
-@dataclass
-class TrainResult:
-    """What a run did. Losses in nats; times in seconds."""
-
-    run_dir: Path
-    step: int = 0
-    tokens: int = 0
-    final_eval: dict | None = None
-    best_val_loss: float | None = None
-    interrupted: bool = False  # stopped by Ctrl-C, SIGTERM or request_stop(), with a checkpoint saved
-    stop_reason: str = ""
-    wall_time: float = 0.0
-    warnings: list[str] = field(default_factory=list)
 
 
 class Trainer:
@@ -112,9 +89,7 @@ class Trainer:
         if run.resume:
             self.state = self.checkpointer.restore(run.resume_from, self.model, self.optimizer, self.scaler,
                                                    config.seed)
-            self.evaluator.warned = set(self.state.warned)
-            self.evaluator.history = [e for e in read_metrics(self.run_dir)
-                                      if e.get("event") == "eval" and e.get("step", 0) <= self.state.step]
+            self.evaluator.resume(read_metrics(self.run_dir), self.state)
         else:
             # Last, so nothing above can shift the dropout streams (distinct per process).
             torch.manual_seed(config.seed + self.dist.rank)
