@@ -3,9 +3,9 @@ and throughput. Each is written atomically (a temporary file renamed into place)
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from slmkit.utils import atomic_file
 
 
 def _figure():
@@ -19,14 +19,8 @@ def _figure():
 
 
 def _save(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

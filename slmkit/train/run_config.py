@@ -130,11 +130,9 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
     if saved is not None:
         run_dir = Path(resume)
         saved_model = ModelConfig.from_dict(saved["model"], where=str(run_dir / "config.json")).validate()
-        if model_config is not None and (differences := architecture_differences(saved_model, model_config)):
-            raise SlmError(f"cannot resume {run_dir} with a different model config "
-                           f"({'; '.join(differences[:4])}); drop the model overrides, or start a new "
-                           f"run with --init-from {run_dir}")
-        model_config = saved_model
+        model_config = _same_network(saved_model, model_config, f"cannot resume {run_dir} with a different model "
+                                     f"config ({{}}); drop the model overrides, or start a new run with "
+                                     f"--init-from {run_dir}")
         data = data if data is not None else saved["data"]["path"]
         init_dir = Path(saved["init_from"]) if saved.get("init_from") else None
         resume_from = _resume_checkpoint(run_dir)
@@ -142,11 +140,9 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
         init_dir = resolve_checkpoint_dir(init_from)
         meta = read_checkpoint_config(init_dir)
         source_config = ModelConfig.from_dict(meta["model"], where=str(init_dir / "config.json")).validate()
-        if model_config is not None and (differences := architecture_differences(source_config, model_config)):
-            raise SlmError(f"--init-from {init_from}: its model differs from the config given "
-                           f"({'; '.join(differences[:4])}); drop the model settings to use the "
-                           f"checkpoint's own")
-        model_config = source_config
+        model_config = _same_network(source_config, model_config, f"--init-from {init_from}: its model differs "
+                                     f"from the config given ({{}}); drop the model settings to use the "
+                                     f"checkpoint's own")
     if data is None:
         raise SlmError("no dataset given: pass --data DIR (a directory made by `slm prepare`)")
     if model_config is None:
@@ -190,6 +186,14 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
     return RunConfig(model=model_config, train=train_config, data_dir=dataset.dir.resolve(), run_dir=run_dir,
                      seq_len=seq_len, tokens_per_step=tokens_per_step, world_size=world_size,
                      resume_from=resume_from, init_from=init_dir, overwrite=overwrite)
+
+
+def _same_network(source: ModelConfig, given: ModelConfig | None, message: str) -> ModelConfig:
+    """`source`, after checking that `given` (when any) is the same network; else SlmError(message
+    with the differences in its {})."""
+    if given is not None and (differences := architecture_differences(source, given)):
+        raise SlmError(message.replace("{}", "; ".join(differences[:4]), 1))
+    return source
 
 
 def _resume_checkpoint(run_dir: Path) -> Path:
