@@ -33,7 +33,6 @@ from slmkit.data.split import assign_split, group_documents, repeat_counts
 from slmkit.data.tokenizing import save_tokenizer, tokenize_documents, train_on_texts, train_on_training_split
 from slmkit.data.write import (
     check_out_dir,
-    default_dir_mode,
     fingerprint,
     remove_stale_temporaries,
     reusable,
@@ -76,7 +75,6 @@ def prepare(sources, out_dir, tokenizer: str | os.PathLike | Tokenizer | None = 
     check_out_dir(out_dir)
     remove_stale_temporaries(out_dir)
     with atomic_dir(out_dir) as tmp:
-        tmp.chmod(default_dir_mode())  # the temporary folder is private; the dataset an ordinary folder
         meta = _build(options, train_list, val_list, tokenizer, tmp)
         meta["fingerprint"] = dataset_fingerprint
         write_json_atomic(tmp / "meta.json", meta)

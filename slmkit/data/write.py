@@ -120,10 +120,3 @@ def remove_stale_temporaries(out_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         except (ValueError, PermissionError, IndexError):
             continue
-
-
-def default_dir_mode() -> int:
-    """The mode `mkdir` gives a new folder under the current umask (a temporary folder is private)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o777 & ~umask
