@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
-BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from slmkit.utils import write_text_atomic  # noqa: E402
+
+BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
 
 
 def write_section(section: str, path: Path = BENCHMARKS_MD) -> None:
@@ -22,6 +27,4 @@ def write_section(section: str, path: Path = BENCHMARKS_MD) -> None:
         rest = "".join(lines[end:])
         new = "".join(lines[:start]) + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".md.tmp")
-    temporary.write_text(new.rstrip("\n") + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(path, new.rstrip("\n") + "\n")
