@@ -33,6 +33,8 @@ class TrainOptions:
     config: str | None = option(None, "a TOML or YAML config file with [model] (and [train]) sections")
     overrides: list[str] = option(help=OVERRIDES_HELP, flag="--set", metavar="FIELD=VALUE", default_factory=list)
     resume: str | None = option(None, "continue the run in RUN exactly where it stopped", metavar="RUN")
+    resume_from: str | None = option(None, "with --resume: the checkpoint to continue from: last (default), best, "
+                                           "step-N, or a checkpoint directory", flag="--from", metavar="CHECKPOINT")
     init_from: str | None = option(None, "start a new run from these weights (a checkpoint or run dir); the "
                                          "optimizer starts fresh", metavar="CHECKPOINT")
     overwrite: bool = option(False, "replace an existing run directory")
@@ -53,20 +55,23 @@ class QuickstartOptions:
 def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None = None, *, preset: str | None = None,
           config: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
           model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
-          resume: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
-          overwrite: bool = False, quiet: bool = False, report: bool = True, on_step=None) -> TrainResult:
+          resume: str | os.PathLike | None = None, resume_from: str | os.PathLike | None = None,
+          init_from: str | os.PathLike | None = None, overwrite: bool = False, quiet: bool = False,
+          report: bool = True, on_step=None) -> TrainResult:
     """Train a model on the dataset directory `data`, writing the run directory `out`.
 
     Configs come from `preset` < `config` file < `overrides` (or pass ModelConfig/TrainConfig
     objects), resolved once (`slmkit.train.resolve_run`). `out` defaults to runs/<model name>
     (runs/<name>-2 and so on when taken). resume: a run directory to continue exactly (its data and
-    configs are reused; train overrides such as train.max_steps apply). init_from: a checkpoint or
+    configs are reused; train overrides such as train.max_steps apply); resume_from: which of its
+    checkpoints ("last", "best", "step-N" or a directory; default last). init_from: a checkpoint or
     run directory whose weights start this new run. At the end (on the main process) samples.md
     and the report are written unless report=False.
     Raises SlmError for bad input, before anything on disk is changed.
     """
     run = resolve_run(data, out, preset=preset, config=config, overrides=overrides, model_config=model_config,
-                      train_config=train_config, resume=resume, init_from=init_from, overwrite=overwrite)
+                      train_config=train_config, resume=resume, resume_from=resume_from, init_from=init_from,
+                      overwrite=overwrite)
     trainer = Trainer(run, quiet=quiet, on_step=on_step)
     try:
         result = trainer.run()

@@ -150,3 +150,40 @@ def test_a_damaged_training_state_is_refused_not_half_loaded(data_dir, tmp_path)
     with pytest.raises(SlmError, match="training_state.pt does not match the hash .* truncated"):
         train(resume=run, overrides=["train.max_steps=4"], quiet=True)
     assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_resume_from_a_chosen_checkpoint_continues_exactly_from_it(data_dir, tmp_path):
+    whole = tmp_path / "whole"
+    train(data_dir, whole, overrides=tiny_overrides(data_dir, max_steps=9, checkpoint_interval=3, keep_last=0,
+                                                    eval_interval=0), quiet=True, report=False)
+    expected = [(e["step"], e["loss"]) for e in train_events(whole)]
+    result = train(resume=whole, resume_from="step-3", quiet=True, report=False)
+    assert result.step == 9
+    assert [(e["step"], e["loss"]) for e in train_events(whole)] == expected  # steps 4-9 again, bitwise
+    assert train_events(whole, "resume")[-1]["checkpoint"] == str(whole / "checkpoints" / "step-3")
+    with pytest.raises(SlmError, match=r"--from step-4: .* is not a resumable checkpoint .* this run has "
+                                       r"best, last, step-3, step-6, step-9"):
+        train(resume=whole, resume_from="step-4", quiet=True, report=False)
+    with pytest.raises(SlmError, match="use it with --resume RUN"):
+        train(data_dir, tmp_path / "other", resume_from="best", quiet=True, report=False,
+              overrides=tiny_overrides(data_dir))
+
+
+def test_damage_to_one_checkpoint_never_reaches_the_others(data_dir, tmp_path):
+    from slmkit.model import load_model
+
+    run = tmp_path / "run"
+    train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=4, checkpoint_interval=4, eval_interval=4),
+          quiet=True, report=False)
+    checkpoints = run / "checkpoints"
+    assert {p.name for p in checkpoints.iterdir()} == {"best", "last", "step-4"}  # all three of step 4
+    with open(checkpoints / "last" / "model.safetensors", "r+b") as handle:  # damaged in place
+        handle.seek(100)
+        handle.write(b"\0" * 64)
+    with pytest.raises(SlmError, match="does not match the hash"):
+        load_model(checkpoints / "last")
+    for name in ("best", "step-4"):
+        load_model(checkpoints / name)  # intact: copies, not hard links
+    result = train(resume=run, resume_from="step-4", quiet=True, report=False,
+                   overrides=["train.max_steps=6"])
+    assert result.step == 6

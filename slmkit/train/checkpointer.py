@@ -7,8 +7,9 @@ scaler, the best validation loss and the elapsed training time. It is loaded wit
 `weights_only=True`, after its hash is checked against config.json.
 
 A run's checkpoints/ holds step-N/ (periodic, the newest `keep_last` kept), best/ (lowest
-validation loss) and last/ (the newest state, what `--resume` reads). best/ and last/ are hard
-links to (or copies of) a freshly written checkpoint, swapped into place atomically.
+validation loss) and last/ (the newest state, what `--resume` reads; `--resume RUN --from NAME`
+reads another). Each is a complete copy, swapped into place atomically, so damage to one never
+reaches the others.
 """
 
 from __future__ import annotations
@@ -122,25 +123,16 @@ def restore_full_state(model, optimizer, weights: dict[str, torch.Tensor], optim
         set_optimizer_state_dict(model, opt, state, options=options)
 
 
-def link_checkpoint(source: Path, target: Path) -> Path:
-    """Make `target` a copy of checkpoint `source` (hard links where possible), swapped in atomically.
-
-    Hard links are safe because checkpoint files are never modified in place, only replaced.
-    """
+def copy_checkpoint(source: Path, target: Path) -> Path:
+    """Make `target` a copy of checkpoint `source`, swapped in atomically. A copy, not hard links:
+    damage to one checkpoint's files (a truncated or overwritten file) never reaches another."""
     with atomic_dir(target) as tmp:
         for item in source.iterdir():
             if item.is_dir():
-                shutil.copytree(item, tmp / item.name, copy_function=_link_or_copy)
+                shutil.copytree(item, tmp / item.name)
             else:
-                _link_or_copy(item, tmp / item.name)
+                shutil.copy2(item, tmp / item.name)
     return target
-
-
-def _link_or_copy(source, target) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
 
 
 def load_training_state(directory: Path) -> dict:
@@ -191,7 +183,7 @@ class TrainState:
 
 class Checkpointer:
     """Owns the run directory: creating (or replacing) it, config.json, the tokenizer copy, and the
-    checkpoints (save, link as step-N/best/last, prune to keep_last, restore for an exact resume).
+    checkpoints (save, copy as step-N/best/last, prune to keep_last, restore for an exact resume).
 
     Under DDP/FSDP every process calls `save` (gathering state is a collective); only the main
     process writes.
@@ -230,7 +222,7 @@ class Checkpointer:
     # -- saving ---------------------------------------------------------------------------------
     def save(self, model, optimizer, scaler, state: TrainState, train_config, *, periodic: bool = False,
              best: bool = False, last: bool = False, val_loss: float | None = None) -> None:
-        """Write one checkpoint and link it as step-N, best and/or last (only what is asked)."""
+        """Write one checkpoint and copy it as step-N, best and/or last (only what is asked)."""
         if not (periodic or best or last):
             return
         # collectives under DDP/FSDP: every process takes part
@@ -247,7 +239,7 @@ class Checkpointer:
         first = targets[0]
         save_training_checkpoint(first, model.config, weights, training_state, extra, files)
         for target in targets[1:]:
-            link_checkpoint(first, target)
+            copy_checkpoint(first, target)
         if periodic:
             prune_step_checkpoints(self.run_dir, self.keep_last)
 
@@ -265,6 +257,19 @@ class Checkpointer:
                 # batches are a function of (seed, micro-batch index): this is the whole data position
                 "data": {"seed": train_config.seed, "next_micro_batch": state.step * train_config.grad_accum
                          * self.dist.world_size, "skipped_in_a_row": state.skipped_in_a_row}}
+
+    def newest(self) -> tuple[int, Path] | None:
+        """(step, directory) of the newest checkpoint of the run (last, best or step-N), or None.
+        Every checkpoint was checked healthy (finite logits) before it was written."""
+        found = []
+        for directory in [self.checkpoints / "last", self.checkpoints / "best"] + \
+                [path for _, path in step_checkpoints(self.run_dir)]:
+            try:
+                found.append((int(read_checkpoint_config(directory).get("step", -1)), directory))
+            except SlmError:
+                continue
+        # the newest step; among equals last/ (what a plain --resume reads), then best/
+        return max(found, key=lambda item: item[0], default=None)
 
     # -- resuming -------------------------------------------------------------------------------
     def restore(self, checkpoint: Path, model, optimizer, scaler, seed: int) -> TrainState:

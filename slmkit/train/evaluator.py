@@ -20,7 +20,8 @@ from slmkit.train.loss import language_model_loss
 
 SPLITS = ("val", "train")
 GAP_MIN_NATS = 0.1  # a gap smaller than this is noise, however it moves
-GAP_WIDENING_EVALS = 3  # consecutive widenings before warning
+STALLED_EVALS = 3  # evaluations without a new best validation loss, while training loss falls
+LARGE_GAP_SHARE = 0.25  # a val - train gap above this share of the validation loss is memorising
 NEAR_ZERO_LOSS = 0.05  # nats: perplexity below about 1.05
 
 
@@ -77,6 +78,20 @@ class Evaluator:
                            f"lower train.seq_len")
         return (totals[0] / totals[1]).item()
 
+    @torch.no_grad()
+    def logits_are_finite(self, model) -> bool:
+        """Whether `model` gives finite logits on the first validation window (one row: cheap), the
+        test a checkpoint must pass before it is saved as good."""
+        x, _ = next(iter(self.dataset.eval_batches("val", 1, self.seq_len, 1)))
+        was_training = model.training
+        model.eval()
+        try:
+            with self.setup.autocast():
+                logits = model(x.to(self.setup.device))
+        finally:
+            model.train(was_training)
+        return bool(torch.isfinite(logits).all())
+
     def evaluate(self, model, step: int, tokens: int) -> dict:
         """One evaluation record: val and train loss, perplexity and bits per byte (None when the
         dataset has no byte counts), at `step` after `tokens` training tokens."""
@@ -105,8 +120,10 @@ def honesty_warnings(evals: list[dict], already: set[str] | None = None) -> list
     """(kind, message) for each suspicious pattern in the eval records so far, skipping kinds in
     `already` (each kind is raised once per run).
 
-    - gap_widening: val - train loss grew at each of the last 3 evaluations and exceeds 0.1 nats
-      (the model is memorising its training data);
+    - memorising: the validation loss has not improved on its best for 3 evaluations while the
+      training loss kept falling, or the val - train gap exceeds a quarter of the validation loss
+      (and 0.1 nats). A gap that widens while both losses fall is not flagged: validation text of
+      other documents (other works of the same author, say) is learnt more slowly, not unlearnt;
     - val_below_train: validation loss well below training loss (leakage, or a val split easier than train);
     - near_zero_loss: a loss under 0.05 nats, a perplexity near one (memorisation or leakage; a
       real corpus of natural language does not get there).
@@ -118,16 +135,13 @@ def honesty_warnings(evals: list[dict], already: set[str] | None = None) -> list
     last = evals[-1]
     val, train = last.get("val_loss"), last.get("train_loss")
     step = last.get("step")
-    gaps = [e["val_loss"] - e["train_loss"] for e in evals
-            if e.get("val_loss") is not None and e.get("train_loss") is not None]
-    if "gap_widening" not in already and len(gaps) > GAP_WIDENING_EVALS:
-        recent = gaps[-(GAP_WIDENING_EVALS + 1):]
-        if all(b > a for a, b in zip(recent, recent[1:])) and recent[-1] > GAP_MIN_NATS:
-            found.append(("gap_widening",
-                          f"step {step}: the train/val gap widened at {GAP_WIDENING_EVALS} evaluations in a row "
-                          f"(now {recent[-1]:.3f} nats: val {val:.3f}, train {train:.3f}); the model is "
-                          f"memorising its training data. Use more data, fewer steps, dropout or a smaller model; "
-                          f"the best checkpoint is the one to keep"))
+    if "memorising" not in already and val is not None and train is not None:
+        reason = _memorising(evals)
+        if reason:
+            found.append(("memorising",
+                          f"step {step}: {reason} (val {val:.3f}, train {train:.3f}); the model is memorising its "
+                          f"training data. Use more data, fewer steps, dropout or a smaller model; the best "
+                          f"checkpoint is the one to keep"))
     if "val_below_train" not in already and val is not None and train is not None \
             and val < train - max(GAP_MIN_NATS, 0.05 * train):
         found.append(("val_below_train",
@@ -144,3 +158,23 @@ def honesty_warnings(evals: list[dict], already: set[str] | None = None) -> list
                           f"between splits, so these numbers do not measure generalisation"))
     return found
 
+
+def _memorising(evals: list[dict]) -> str:
+    """Why the eval records show memorisation, or "" (see `honesty_warnings`)."""
+    records = [e for e in evals if e.get("val_loss") is not None and e.get("train_loss") is not None]
+    if not records:
+        return ""
+    val, train = records[-1]["val_loss"], records[-1]["train_loss"]
+    gap = val - train
+    if gap > max(GAP_MIN_NATS, LARGE_GAP_SHARE * val):
+        return f"the train/val gap is {gap:.3f} nats, {100 * gap / val:.0f}% of the validation loss"
+    if len(records) > STALLED_EVALS:
+        before, recent = records[:-STALLED_EVALS], records[-STALLED_EVALS:]
+        best_before = min(e["val_loss"] for e in before)
+        stalled = all(e["val_loss"] >= best_before for e in recent)
+        trains = [before[-1]["train_loss"]] + [e["train_loss"] for e in recent]
+        falling = all(b < a for a, b in zip(trains, trains[1:]))
+        if stalled and falling and gap > GAP_MIN_NATS:
+            return (f"validation loss has not improved on its best ({best_before:.3f}) for {STALLED_EVALS} "
+                    f"evaluations while training loss kept falling")
+    return ""

@@ -14,7 +14,7 @@ import torch
 from slmkit.errors import SlmError
 
 NAN_HINT = ("lower train.lr, raise train.warmup_steps, keep train.grad_clip on, or use precision fp32/bf16 "
-            "instead of fp16; `--set train.nan_policy=skip` skips such steps instead")
+            "instead of fp16")
 
 
 class NonFiniteGuard:
@@ -35,12 +35,25 @@ class NonFiniteGuard:
     def finite_step(self) -> None:
         self.skipped_in_a_row = 0
 
-    def stop_error(self, what: str, step: int, good_step: int, last_dir: Path, run_dir: Path) -> SlmError:
-        """The error that ends the run: what went wrong at `step`, where the good weights are, what to do."""
+    def stop_error(self, what: str, step: int, saved_step: int | None, newest: tuple[int, Path] | None,
+                   run_dir: Path) -> SlmError:
+        """The error that ends the run: what went wrong at `step`; which weights were saved
+        (`saved_step`: the last finite step's, when they passed the health check) or else the newest
+        healthy checkpoint; what to do."""
         skipped = f" after {self.skipped_in_a_row} skipped steps in a row" if self.policy == "skip" else ""
-        return SlmError(f"the training {what} at step {step}{skipped}; stopped, with the last good "
-                        f"weights (step {good_step}) saved in {last_dir}. To fix: {NAN_HINT}; then "
-                        f"continue with --resume {run_dir}")
+        skip_hint = "" if self.policy == "skip" else "; `--set train.nan_policy=skip` skips such steps instead"
+        if saved_step is not None:
+            kept = f"the weights of step {saved_step}, the last finite step, are saved in {run_dir / 'checkpoints' / 'last'}"
+        else:
+            kept = "the current weights give non-finite logits, so they were not saved"
+        if newest is None:
+            then = "then start again with --overwrite (no healthy checkpoint of this run exists)"
+        else:
+            choice = "" if newest[1].name == "last" else f" --from {newest[1].name}"
+            then = (f"then continue from the newest healthy checkpoint, {newest[1]} (step {newest[0]}), with "
+                    f"--resume {run_dir}{choice}")
+        return SlmError(f"the {what} at step {step}{skipped}; stopped: {kept}. To fix: {NAN_HINT}"
+                        f"{skip_hint}; {then}")
 
 
 class StopSignals:

@@ -88,7 +88,7 @@ class Reporter:
         self.logger: MetricsLogger | None = None
         self._line_shown = False
         self._window_start, self._window_tokens = time.time(), 0
-        self._session_start, self._first_step = time.time(), 0
+        self._eta_start, self._eta_step = time.time(), 0  # ETA is measured from the session's first step on
 
     def open(self, run_dir: Path, tensorboard: bool, wandb: bool, run_config: dict, time_offset: float) -> None:
         """Start logging to the run directory (main process only)."""
@@ -137,8 +137,13 @@ class Reporter:
     # -- the loop -------------------------------------------------------------------------------
     def session_started(self, step: int, tokens: int) -> None:
         """The loop starts (or resumes) at `step`: reset the clocks that rates and ETA use."""
-        self._session_start = self._window_start = time.time()
-        self._first_step, self._window_tokens = step, tokens
+        self._window_start, self._window_tokens = time.time(), tokens
+        self._eta_start, self._eta_step = None, step
+
+    def first_step_done(self, step: int) -> None:
+        """The session's first step is done: the ETA counts from here, leaving out the start-up and
+        compilation that the first step carries."""
+        self._eta_start, self._eta_step = time.time(), step
 
     def pause(self, tokens: int) -> None:
         """Restart the throughput window (after time spent on something other than training)."""
@@ -155,13 +160,15 @@ class Reporter:
         self._window_start, self._window_tokens = now, tokens
         if self.quiet:
             return
-        eta = (max_steps - step) * (now - self._session_start) / max(1, step - self._first_step)
+        eta = None
+        if self._eta_start is not None and step > self._eta_step:
+            eta = (max_steps - step) * (now - self._eta_start) / (step - self._eta_step)
         if time_budget:
-            eta = min(eta, max(0.0, time_budget - elapsed))
+            eta = max(0.0, time_budget - elapsed) if eta is None else min(eta, max(0.0, time_budget - elapsed))
         mfu_text = f" mfu {100 * mfu:.1f}%" if mfu is not None else ""
         of = "" if time_budget else f"/{max_steps}"
-        text = (f"step {step}{of} loss {loss:.4f} lr {rates['lr']:.2e} {rate:,.0f} tok/s{mfu_text} "
-                f"eta {eta / 60:.1f} min")
+        eta_text = "eta -" if eta is None else f"eta {eta / 60:.1f} min"
+        text = f"step {step}{of} loss {loss:.4f} lr {rates['lr']:.2e} {rate:,.0f} tok/s{mfu_text} {eta_text}"
         if self.live:
             sys.stderr.write("\r\x1b[K" + text)
             sys.stderr.flush()

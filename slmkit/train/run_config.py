@@ -19,7 +19,14 @@ from slmkit.data.loader import open_dataset
 from slmkit.errors import SlmError
 from slmkit.model.checkpoint import read_checkpoint_config
 from slmkit.model.config import ModelConfig
-from slmkit.rundir import CHECKPOINTS, RUN_FORMAT, read_run_config, resolve_checkpoint_dir, step_checkpoints
+from slmkit.rundir import (
+    CHECKPOINTS,
+    RUN_FORMAT,
+    STEP_DIR,
+    read_run_config,
+    resolve_checkpoint_dir,
+    step_checkpoints,
+)
 from slmkit.train.checkpointer import STATE_FILE, architecture_differences
 from slmkit.train.config import TrainConfig
 from slmkit.train.distributed import world_size_from_environment
@@ -104,17 +111,22 @@ def free_run_dir(out: str | Path) -> Path:
 def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *, preset: str | None = None,
                 config: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
-                resume: str | Path | None = None, init_from: str | Path | None = None,
-                overwrite: bool = False, world_size: int | None = None) -> RunConfig:
+                resume: str | Path | None = None, resume_from: str | Path | None = None,
+                init_from: str | Path | None = None, overwrite: bool = False,
+                world_size: int | None = None) -> RunConfig:
     """One RunConfig from a preset < config file < overrides (or ModelConfig/TrainConfig objects).
 
     resume: a run directory to continue exactly (its config.json is the base the overrides apply
-    to; its dataset is reused unless `data` is given). init_from: a checkpoint or run directory
+    to; its dataset is reused unless `data` is given). resume_from: which checkpoint of that run to
+    continue from: "last" (the default), "best", "step-N", or a checkpoint directory. init_from: a checkpoint or run directory
     whose weights start a new run (its model config is used). `out` defaults to runs/<model name>
     (runs/<name>-2 and so on when taken). Raises SlmError for anything that cannot work, naming
     it; nothing is written.
     """
     world_size = world_size or world_size_from_environment()
+    if resume_from is not None and resume is None:
+        raise SlmError(f"--from {resume_from} chooses the checkpoint a resumed run continues from: use it with "
+                       f"--resume RUN (to start a new run from a checkpoint's weights, use --init-from)")
     sections = load_config_sections(preset, config, overrides)
     saved = read_run_config(resume) if resume is not None else None
     if train_config is None:
@@ -126,7 +138,7 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
         model_config = ModelConfig.from_dict(values, where="model config").validate()
 
     # -- the model: from the run (resume), a checkpoint (init_from), or as given ----------------
-    resume_from = init_dir = None
+    resume_dir = init_dir = None
     if saved is not None:
         run_dir = Path(resume)
         saved_model = ModelConfig.from_dict(saved["model"], where=str(run_dir / "config.json")).validate()
@@ -135,7 +147,7 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
                                      f"--init-from {run_dir}")
         data = data if data is not None else saved["data"]["path"]
         init_dir = Path(saved["init_from"]) if saved.get("init_from") else None
-        resume_from = _resume_checkpoint(run_dir)
+        resume_dir = _resume_checkpoint(run_dir, resume_from)
     elif init_from is not None:
         init_dir = resolve_checkpoint_dir(init_from)
         meta = read_checkpoint_config(init_dir)
@@ -185,7 +197,7 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
                            f"or --resume {run_dir} to continue it")
     return RunConfig(model=model_config, train=train_config, data_dir=dataset.dir.resolve(), run_dir=run_dir,
                      seq_len=seq_len, tokens_per_step=tokens_per_step, world_size=world_size,
-                     resume_from=resume_from, init_from=init_dir, overwrite=overwrite)
+                     resume_from=resume_dir, init_from=init_dir, overwrite=overwrite)
 
 
 def _same_network(source: ModelConfig, given: ModelConfig | None, message: str) -> ModelConfig:
@@ -196,9 +208,20 @@ def _same_network(source: ModelConfig, given: ModelConfig | None, message: str) 
     return source
 
 
-def _resume_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a resume starts from: last/, else the newest step-N/."""
-    last = run_dir / CHECKPOINTS / "last"
+def _resume_checkpoint(run_dir: Path, chosen: str | Path | None = None) -> Path:
+    """The checkpoint a resume starts from: `chosen` ("last", "best", "step-N" or a checkpoint
+    directory), else last/, else the newest step-N/."""
+    checkpoints = run_dir / CHECKPOINTS
+    if chosen is not None:
+        name = str(chosen)
+        path = checkpoints / name if (name in ("last", "best") or STEP_DIR.match(name)) else Path(name)
+        if not (path / STATE_FILE).is_file():
+            names = [p.name for p in checkpoints.iterdir() if (p / STATE_FILE).is_file()] if checkpoints.is_dir() else []
+            available = sorted(names, key=lambda n: (bool(STEP_DIR.match(n)), int(n[5:]) if STEP_DIR.match(n) else n))
+            raise SlmError(f"--from {name}: {path} is not a resumable checkpoint (no {STATE_FILE}); this run has "
+                           f"{', '.join(available) or 'none'}")
+        return path
+    last = checkpoints / "last"
     if (last / STATE_FILE).is_file():
         return last
     steps = step_checkpoints(run_dir)

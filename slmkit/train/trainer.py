@@ -31,7 +31,7 @@ from slmkit.errors import SlmError
 from slmkit.model.checkpoint import load_state, load_weights
 from slmkit.model.stats import model_stats
 from slmkit.model.transformer import Transformer
-from slmkit.rundir import CHECKPOINTS, read_metrics
+from slmkit.rundir import read_metrics
 from slmkit.train import distributed
 from slmkit.train.checkpointer import Checkpointer, TrainState
 from slmkit.train.device import configure_training_threads, peak_flops, pick_device, setup_device
@@ -155,6 +155,8 @@ class Trainer:
                 continue
             state.step += 1
             state.tokens += self.run_config.tokens_per_step
+            if state.step == self._first_step + 1:
+                self.reporter.first_step_done(state.step)
             if state.step % config.log_interval == 0 or state.step == 1 or state.step == config.max_steps:
                 self.reporter.train_step(state.step, state.tokens, loss, rates, grad_norm, config.max_steps,
                                          config.time_budget, self.elapsed_time())
@@ -226,7 +228,7 @@ class Trainer:
         loss_value = summary[0].item() / dist.world_size
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
-            return self._non_finite(f"loss became {loss_value}"), None, False
+            return self._non_finite(f"training loss became {loss_value}"), None, False
         if self.scaler is not None:
             for optimizer in self.optimizer.optimizers:
                 self.scaler.unscale_(optimizer)
@@ -234,7 +236,7 @@ class Trainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or math.inf))
         if not math.isfinite(grad_norm) and self.scaler is None:  # fp16's scaler skips such steps itself
             self.optimizer.zero_grad(set_to_none=True)
-            return self._non_finite(f"gradient norm became {grad_norm}"), None, False
+            return self._non_finite(f"training gradient norm became {grad_norm}"), None, False
         self.guard.finite_step()
         if self.scaler is not None:
             for optimizer in self.optimizer.optimizers:
@@ -261,13 +263,23 @@ class Trainer:
             state.step += 1  # move past the bad batch so the run can continue
             state.tokens += self.run_config.tokens_per_step
             return None
-        self._save(last=True)  # the weights are still those of the last finite step
-        self.reporter.log("stopped", state.step, reason=f"{what} at step {step}")
-        raise self.guard.stop_error(what, step, state.step, self.run_dir / CHECKPOINTS / "last", self.run_dir)
+        saved = self._save(last=True)  # the weights of the last finite step, if they pass the health check
+        self._stop(what, step, saved_step=state.step if saved else None)
+
+    def _stop(self, what: str, step: int, saved_step: int | None = None) -> None:
+        """End the run for a non-finite loss, gradient, evaluation or weights, naming what is kept."""
+        self.reporter.log("stopped", self.state.step, reason=f"{what} at step {step}")
+        newest = self.checkpointer.newest()
+        raise self.guard.stop_error(what, step, saved_step, newest, self.run_dir)
 
     # -- evaluation and checkpoints -------------------------------------------------------------
     def _evaluate_and_checkpoint(self, periodic: bool, final: bool = False) -> dict:
         record = self.evaluator.evaluate(self.compiled, self.state.step, self.state.tokens)
+        if not (math.isfinite(record["val_loss"]) and math.isfinite(record["train_loss"])):
+            self.reporter.evaluation(record, False)
+            bad = "val_loss" if not math.isfinite(record["val_loss"]) else "train_loss"
+            what = {"val_loss": "validation loss", "train_loss": "loss on the training sample"}[bad]
+            self._stop(f"{what} became {record[bad]}", self.state.step)
         improved = record["val_loss"] < self.state.best_val_loss
         if improved:
             self.state.best_val_loss = record["val_loss"]
@@ -279,11 +291,18 @@ class Trainer:
         return record
 
     def _save(self, periodic: bool = False, best: bool = False, last: bool = False,
-              val_loss: float | None = None) -> None:
+              val_loss: float | None = None) -> bool:
+        """Checkpoint the current weights as asked, if they pass the health check (finite logits on a
+        validation window); False, and nothing written, when they do not."""
+        if not (periodic or best or last):
+            return True
+        if not self.evaluator.logits_are_finite(self.model):
+            return False
         snapshot = dataclasses.replace(self.state, elapsed=self.elapsed_time(), warned=set(self.evaluator.warned),
                                        skipped_in_a_row=self.guard.skipped_in_a_row)
         self.checkpointer.save(self.model, self.optimizer, self.scaler, snapshot, self.config,
                                periodic=periodic, best=best, last=last, val_loss=val_loss)
+        return True
 
     # -- what the run records about itself ------------------------------------------------------
     def run_record(self) -> dict:
