@@ -187,3 +187,47 @@ def test_damage_to_one_checkpoint_never_reaches_the_others(data_dir, tmp_path):
     result = train(resume=run, resume_from="step-4", quiet=True, report=False,
                    overrides=["train.max_steps=6"])
     assert result.step == 6
+
+
+def test_resume_refuses_a_dataset_replaced_under_the_run_naming_what_changed(tmp_path):
+    """The issue's case, as a user meets it: the dataset is prepared again in place with another
+    tokenizer (`slm prepare --force`), then `slm train --resume` must refuse, naming the change."""
+    import subprocess
+    import sys
+
+    from train_support import synthetic_text
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for index, text in enumerate(synthetic_text(40, seed=3)):
+        (corpus / f"doc{index}.txt").write_text(text)
+
+    def slm(*args):
+        return subprocess.run([sys.executable, "-m", "slmkit", *map(str, args)], capture_output=True, text=True,
+                              timeout=300)
+
+    data, run = tmp_path / "ds", tmp_path / "run"
+    assert slm("prepare", corpus, "--tokenizer", "char", "--out", data, "--val", "4", "--quiet").returncode == 0
+    vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
+    train(data, run, overrides=tiny_overrides(data, max_steps=4, eval_interval=0), quiet=True, report=False)
+    assert vocab == json.loads((run / "config.json").read_text())["model"]["vocab_size"]
+    replaced = slm("prepare", corpus, "--tokenizer", "bpe:300", "--out", data, "--val", "4", "--quiet", "--force")
+    assert replaced.returncode == 0, replaced.stderr
+    process = slm("train", "--resume", run, "--set", "train.max_steps=8")
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    assert f"error: the dataset {data} is not the one {run} was trained on: its tokenizer files differ" \
+        in process.stderr
+    assert "--init-from" in process.stderr
+    assert json.loads((run / "checkpoints" / "last" / "config.json").read_text())["step"] == 4  # untouched
+
+
+def test_resume_refuses_a_split_whose_tokens_changed(tmp_path):
+    import numpy as np
+
+    data = write_dataset(tmp_path / "ds")
+    run = tmp_path / "run"
+    train(data, run, overrides=tiny_overrides(data, max_steps=4, eval_interval=0), quiet=True, report=False)
+    tokens = np.fromfile(data / "train.bin", dtype=np.uint16)
+    np.roll(tokens, 7).tofile(data / "train.bin")  # same count, other order
+    with pytest.raises(SlmError, match="the train split's tokens differ"):
+        train(resume=run, quiet=True, report=False, overrides=["train.max_steps=8"])

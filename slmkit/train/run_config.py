@@ -9,6 +9,7 @@ train.tokens_per_step, max_steps from train.max_tokens) are computed here, so th
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class RunConfig:
     seq_len: int  # tokens per training sequence
     tokens_per_step: int  # all processes, all micro-batches
     world_size: int = 1
+    data_identity: dict = field(default_factory=dict)  # see dataset_identity; checked on resume
     resume_from: Path | None = None  # the checkpoint an exact resume starts from
     init_from: Path | None = None  # the checkpoint whose weights started the run (kept across resumes)
     overwrite: bool = False
@@ -82,7 +84,7 @@ def run_record(run: RunConfig, meta: dict, parameters: int, dist, setup, flops_p
         "model": run.model.to_dict(),
         "train": run.train.to_dict(),
         "data": {"path": str(run.data_dir), "vocab_size": meta.get("vocab_size"),
-                 "tokenizer": meta.get("tokenizer"), "splits": meta.get("splits")},
+                 "tokenizer": meta.get("tokenizer"), "splits": meta.get("splits"), "identity": run.data_identity},
         "init_from": str(run.init_from) if run.init_from else None,
         "parameters": parameters,
         "seq_len": run.seq_len,
@@ -95,6 +97,46 @@ def run_record(run: RunConfig, meta: dict, parameters: int, dist, setup, flops_p
         "flops_per_token": flops_per_token,
         "peak_flops": peak_flops,
     }
+
+
+SAMPLE_BLOCKS, BLOCK_BYTES = 16, 1 << 16  # 1 MiB of each split file is hashed: cheap at any size
+
+
+def dataset_identity(dataset) -> dict:
+    """What makes a dataset the one a run trained on: a hash of its tokenizer files, and per split
+    the token count, dtype and a hash of 16 blocks of 64 KiB spread over the .bin file (with its
+    size), which a re-prepared dataset with other ids or other text cannot keep."""
+    tokenizer = hashlib.sha256()
+    for path in sorted(dataset.dir.iterdir()):
+        if path.is_file() and path.name not in ("train.bin", "val.bin", "meta.json") and not path.name.startswith("."):
+            tokenizer.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    splits = {}
+    for split in ("train", "val"):
+        path = dataset.dir / f"{split}.bin"
+        size = path.stat().st_size
+        digest = hashlib.sha256(str(size).encode())
+        with open(path, "rb") as handle:
+            for index in range(SAMPLE_BLOCKS):
+                handle.seek(max(0, size - BLOCK_BYTES) * index // max(1, SAMPLE_BLOCKS - 1))
+                digest.update(handle.read(BLOCK_BYTES))
+        splits[split] = {"tokens": int(dataset.meta["splits"][split]["tokens"]), "sha256_sampled": digest.hexdigest()}
+    return {"tokenizer_sha256": tokenizer.hexdigest(), "dtype": str(dataset.meta["dtype"]), "splits": splits}
+
+
+def identity_changes(before: dict, now: dict) -> list[str]:
+    """What differs between two dataset identities, in words ([] when they match)."""
+    changes = []
+    if before.get("tokenizer_sha256") != now.get("tokenizer_sha256"):
+        changes.append("its tokenizer files differ (token ids would mean other text)")
+    if before.get("dtype") != now.get("dtype"):
+        changes.append(f"token dtype {before.get('dtype')} then, {now.get('dtype')} now")
+    for split, then in before.get("splits", {}).items():
+        current = now.get("splits", {}).get(split, {})
+        if then.get("tokens") != current.get("tokens"):
+            changes.append(f"the {split} split held {then.get('tokens'):,} tokens then, {current.get('tokens', 0):,} now")
+        elif then.get("sha256_sampled") != current.get("sha256_sampled"):
+            changes.append(f"the {split} split's tokens differ (same count)")
+    return changes
 
 
 def free_run_dir(out: str | Path) -> Path:
@@ -169,6 +211,13 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
         raise SlmError(f"train.seq_len = {seq_len} exceeds the model context {model_config.context_length}; "
                        f"lower train.seq_len or raise --set context_length={seq_len}")
     dataset = open_dataset(data, seq_len=seq_len)
+    identity = dataset_identity(dataset)
+    if saved is not None and saved["data"].get("identity"):
+        changes = identity_changes(saved["data"]["identity"], identity)
+        if changes:
+            raise SlmError(f"the dataset {dataset.dir} is not the one {run_dir} was trained on: {'; '.join(changes)}. "
+                           f"Resume with the original dataset (`slm prepare` with the same inputs and options "
+                           f"rebuilds it), or start a new run from this run's weights with --init-from {run_dir}")
     data_vocab = int(dataset.meta["vocab_size"])
     if data_vocab != model_config.vocab_size:
         raise SlmError(f"the dataset's tokenizer has {data_vocab:,} tokens but the model's vocab_size is "
@@ -196,7 +245,7 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
             raise SlmError(f"run directory {run_dir} already exists; pass --overwrite to replace it, "
                            f"or --resume {run_dir} to continue it")
     return RunConfig(model=model_config, train=train_config, data_dir=dataset.dir.resolve(), run_dir=run_dir,
-                     seq_len=seq_len, tokens_per_step=tokens_per_step, world_size=world_size,
+                     seq_len=seq_len, tokens_per_step=tokens_per_step, world_size=world_size, data_identity=identity,
                      resume_from=resume_dir, init_from=init_dir, overwrite=overwrite)
 
 
