@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 from slmkit.errors import SlmError
@@ -91,3 +92,66 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise SlmError(f"checkpoint not found: {path}")
     raise SlmError(f"{path} holds no slmkit checkpoint (no {CHECKPOINT_CONFIG}, no {CHECKPOINTS}/best or last)")
+
+
+class RunLock:
+    """One process at a time in a run directory: a lock file `.NAME.lock` beside RUN (so that
+    replacing RUN with --overwrite keeps it) holding the owner's PID and host.
+
+    `acquire()` raises SlmError when a live process holds the lock; a lock left by a process that
+    is no longer running is taken over, and `acquire()` returns a line saying so (else "").
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        run_dir = Path(run_dir).absolute()
+        self.path = run_dir.parent / f".{run_dir.name}.lock"
+        self.run_dir = run_dir
+        self.held = False
+
+    def acquire(self) -> str:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        note = ""
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner):
+                    raise SlmError(f"run {self.run_dir} is in use by process {owner['pid']} on {owner['host']} "
+                                   f"(lock {self.path}); wait for it to finish or stop it first") from None
+                who = f"process {owner['pid']}" if owner else "an unreadable lock"
+                note = f"note: taking over the lock of {self.run_dir} left by {who}, which is no longer running"
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname()}, handle)
+            self.held = True
+            return note
+        raise SlmError(f"cannot lock {self.run_dir}: another process keeps taking {self.path}; try again")
+
+    def release(self) -> None:
+        if self.held:
+            owner = self._owner()
+            if owner and owner.get("pid") == os.getpid():
+                self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _owner(self) -> dict | None:
+        try:
+            owner = json.loads(self.path.read_text())
+            return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(owner: dict) -> bool:
+    """Whether the lock's owner still runs (a lock from another host is taken as alive)."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

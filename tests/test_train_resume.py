@@ -231,3 +231,27 @@ def test_resume_refuses_a_split_whose_tokens_changed(tmp_path):
     np.roll(tokens, 7).tofile(data / "train.bin")  # same count, other order
     with pytest.raises(SlmError, match="the train split's tokens differ"):
         train(resume=run, quiet=True, report=False, overrides=["train.max_steps=8"])
+
+
+def test_a_run_in_use_by_a_live_process_is_refused_and_a_stale_lock_is_taken_over(data_dir, tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=2, eval_interval=0), quiet=True, report=False)
+    lock = tmp_path / ".run.lock"
+    assert not lock.exists()  # released at the end
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        before = (run / "metrics.jsonl").read_text()
+        with pytest.raises(SlmError, match=rf"run {run} is in use by process {sleeper.pid} .* wait for it"):
+            train(resume=run, overrides=["train.max_steps=4"], quiet=True, report=False)
+        assert (run / "metrics.jsonl").read_text() == before  # nothing written
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    result = train(resume=run, overrides=["train.max_steps=4"], report=False)  # the owner is gone now
+    assert result.step == 4 and not lock.exists()
+    assert f"taking over the lock of {run} left by process {sleeper.pid}" in capsys.readouterr().out

@@ -31,7 +31,7 @@ from slmkit.errors import SlmError
 from slmkit.model.checkpoint import load_state, load_weights
 from slmkit.model.stats import model_stats
 from slmkit.model.transformer import Transformer
-from slmkit.rundir import read_metrics
+from slmkit.rundir import RunLock, read_metrics
 from slmkit.train import distributed
 from slmkit.train.checkpointer import Checkpointer, TrainState
 from slmkit.train.device import configure_training_threads, peak_flops, pick_device, setup_device
@@ -112,6 +112,17 @@ class Trainer:
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Train until max_steps, max_tokens or the time budget; evaluate, checkpoint and log on the way."""
+        lock = RunLock(self.run_dir)
+        if self.is_main:  # one process at a time in a run directory (two resumes would interleave)
+            note = lock.acquire()
+            if note:
+                self.reporter.print(note)
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> TrainResult:
         run, state = self.run_config, self.state
         self.checkpointer.prepare_run_dir(self.run_record(), self.dataset_tokenizer(),
                                           state.step if run.resume else None, run.overwrite)
