@@ -109,6 +109,13 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> str:
+        try:
+            return self._acquire()
+        except OSError as error:  # a read-only or full location: one line, not a traceback
+            raise SlmError(f"cannot lock {self.run_dir} (writing {self.path}): {error.strerror}; choose a writable "
+                           f"location with free space") from None
+
+    def _acquire(self) -> str:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         note = ""
         for _ in range(2):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -100,3 +101,25 @@ def one_thread():
         os.environ.pop("OMP_NUM_THREADS", None)
     else:
         os.environ["OMP_NUM_THREADS"] = previous_env
+
+
+@contextlib.contextmanager
+def small_filesystem(directory: Path, size: str = "8m"):
+    """A tmpfs of `size` mounted at `directory` (skips the test where mounting is not allowed: it
+    needs root with CAP_SYS_ADMIN, which CI containers may not grant). Yields the mount point and a
+    function that remounts it read-only."""
+    import subprocess
+
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here ({mounted.stderr.strip() or 'mount failed'})")
+
+    def read_only():
+        subprocess.run(["mount", "-o", "remount,ro", str(directory)], check=True, capture_output=True)
+
+    try:
+        yield directory, read_only
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True)

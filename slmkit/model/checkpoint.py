@@ -50,10 +50,10 @@ def model_state(model) -> dict[str, torch.Tensor]:
 
 
 def write_checkpoint(directory: str | os.PathLike, config: ModelConfig, state: dict[str, torch.Tensor],
-                     extra: dict | None = None, extra_files: dict[str, str | os.PathLike] | None = None) -> Path:
-    """Write config + weights (+ extra files copied in) atomically: a temp dir renamed into place.
-
-    An existing directory is replaced only once the new one is complete.
+                     extra: dict | None = None, extra_files: dict[str, str | os.PathLike] | None = None,
+                     moved_files: dict[str, str | os.PathLike] | None = None) -> Path:
+    """Write config + weights (+ extra files copied in, + moved files moved in) atomically: a temp dir
+    renamed into place. An existing directory is replaced only once the new one is complete.
     """
     directory = Path(directory)
     with atomic_dir(directory) as tmp:
@@ -69,6 +69,8 @@ def write_checkpoint(directory: str | os.PathLike, config: ModelConfig, state: d
                 shutil.copytree(source, tmp / name)
             else:
                 shutil.copy2(source, tmp / name)
+        for name, source in (moved_files or {}).items():  # moved, not copied: no second copy on disk
+            shutil.move(source, tmp / name)
     return directory
 
 

@@ -14,6 +14,7 @@ reaches the others.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -46,6 +47,7 @@ from slmkit.model.checkpoint import (
 from slmkit.model.config import ModelConfig
 from slmkit.rundir import CHECKPOINTS, RUN_CONFIG, TOKENIZER, step_checkpoints, truncate_metrics
 from slmkit.train import distributed
+from slmkit.train.guards import DISK_ADVICE, write_error
 from slmkit.utils import atomic_dir, write_json_atomic
 
 STATE_FILE = "training_state.pt"
@@ -81,7 +83,8 @@ def set_rng_state(state: dict) -> None:
 
 def save_training_checkpoint(directory: Path, model_config, weights: dict[str, torch.Tensor], training_state: dict,
                              extra: dict, extra_files: dict | None = None) -> Path:
-    """Write weights, config, `training_state` (and `extra_files`) into `directory`, atomically."""
+    """Write weights, config, `training_state` (and `extra_files`) into `directory`, atomically.
+    training_state.pt is written beside it first (its hash goes into config.json), then moved in."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory.parent, prefix=".training_state.", suffix=".pt")
@@ -89,8 +92,8 @@ def save_training_checkpoint(directory: Path, model_config, weights: dict[str, t
     try:
         torch.save(training_state, tmp)
         extra = {**extra, "training_state_sha256": sha256_file(Path(tmp))}
-        write_checkpoint(directory, model_config, weights, extra=extra,
-                         extra_files={STATE_FILE: tmp, **(extra_files or {})})
+        write_checkpoint(directory, model_config, weights, extra=extra, extra_files=extra_files,
+                         moved_files={STATE_FILE: tmp})
     finally:
         Path(tmp).unlink(missing_ok=True)
     return directory
@@ -162,6 +165,21 @@ def prune_step_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
     return doomed
 
 
+def _checkpoint_bytes(weights: dict[str, torch.Tensor], training_state: dict) -> int:
+    """About how many bytes one checkpoint takes: its weights, the optimizer's tensors, and 5% more."""
+    tensors = [t for t in weights.values()]
+    stack = [training_state.get("optimizer", {})]
+    while stack:  # the optimizer state is nested dicts and lists of tensors
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            tensors.append(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return int(1.05 * sum(t.numel() * t.element_size() for t in tensors)) + (1 << 20)
+
+
 def architecture_differences(a: ModelConfig, b: ModelConfig) -> list[str]:
     """Fields that make two model configs different networks (name, dropout and notes aside)."""
     ignore = {"name", "dropout", "extra"}
@@ -189,8 +207,10 @@ class Checkpointer:
     process writes.
     """
 
-    def __init__(self, run_dir: Path, dist: distributed.DistInfo, sharded: bool, keep_last: int):
+    def __init__(self, run_dir: Path, dist: distributed.DistInfo, sharded: bool, keep_last: int,
+                 device: torch.device | str = "cpu"):
         self.run_dir = Path(run_dir)
+        self.device = device  # where the collective that reports a failed write runs
         self.checkpoints = self.run_dir / CHECKPOINTS
         self.dist = dist
         self.sharded = sharded
@@ -201,18 +221,24 @@ class Checkpointer:
         """Create the run directory (replacing it under `overwrite`), or cut a resumed run's metrics
         back to its checkpoint's step; write config.json and the tokenizer. All processes wait."""
         if self.dist.is_main:
-            if resume_step is not None:
-                truncate_metrics(self.run_dir, resume_step)
-            else:
-                if self.run_dir.exists() and overwrite:
-                    shutil.rmtree(self.run_dir)
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(self.run_dir / RUN_CONFIG, run_config)
-            # Keep the dataset's tokenizer with the run (and in each checkpoint), so a checkpoint can
-            # encode and decode text on its own.
-            if tokenizer is not None and not (self.run_dir / TOKENIZER).exists():
-                tokenizer.save(self.run_dir / TOKENIZER)
+            try:
+                self._prepare_run_dir(run_config, tokenizer, resume_step, overwrite)
+            except OSError as error:
+                raise write_error(error, f"the run directory {self.run_dir}") or error from None
         distributed.barrier(self.dist)
+
+    def _prepare_run_dir(self, run_config: dict, tokenizer, resume_step: int | None, overwrite: bool) -> None:
+        if resume_step is not None:
+            truncate_metrics(self.run_dir, resume_step)
+        else:
+            if self.run_dir.exists() and overwrite:
+                shutil.rmtree(self.run_dir)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / RUN_CONFIG, run_config)
+        # Keep the dataset's tokenizer with the run (and in each checkpoint), so a checkpoint can
+        # encode and decode text on its own.
+        if tokenizer is not None and not (self.run_dir / TOKENIZER).exists():
+            tokenizer.save(self.run_dir / TOKENIZER)
 
     def discard_empty_run(self) -> None:
         """Delete a new run that failed before its first checkpoint, so a plain re-run works."""
@@ -228,20 +254,44 @@ class Checkpointer:
         # collectives under DDP/FSDP: every process takes part
         weights, optimizer_state = full_state(model, optimizer, self.sharded)
         training_state = self._training_state(state, optimizer_state, scaler, train_config)
-        if not self.dist.is_main:
-            return
+        failure = None
+        if self.dist.is_main:
+            try:
+                self._write(model.config, weights, training_state, state, train_config, periodic, best, last, val_loss)
+            except SlmError as error:
+                failure = error
+        if self.dist.enabled:  # every process stops together when the main one could not write
+            flag = torch.tensor([float(failure is not None)], device=self.device)
+            distributed.all_reduce_sum(flag, self.dist)
+            if flag.item() > 0 and failure is None:
+                failure = SlmError("the main process could not write a checkpoint (its message says why)")
+        if failure is not None:
+            raise failure
+
+    def _write(self, model_config, weights, training_state: dict, state: TrainState, train_config,
+               periodic: bool, best: bool, last: bool, val_loss: float | None) -> None:
         targets = ([self.checkpoints / f"step-{state.step}"] if periodic else []) + \
                   ([self.checkpoints / "last"] if last else []) + ([self.checkpoints / "best"] if best else [])
         extra = {"step": state.step, "tokens": state.tokens, "train": train_config.to_dict(),
                  "val_loss": val_loss, "run": str(self.run_dir.resolve())}
         tokenizer_dir = self.run_dir / TOKENIZER
         files = {p.name: p for p in tokenizer_dir.iterdir() if p.is_file()} if tokenizer_dir.is_dir() else {}
-        first = targets[0]
-        save_training_checkpoint(first, model.config, weights, training_state, extra, files)
-        for target in targets[1:]:
-            copy_checkpoint(first, target)
-        if periodic:
-            prune_step_checkpoints(self.run_dir, self.keep_last)
+        needed = _checkpoint_bytes(weights, training_state) * len(targets)
+        free = shutil.disk_usage(self.run_dir).free
+        if free < needed:
+            raise SlmError(f"not enough free space for the step {state.step} checkpoint in {self.checkpoints}: it "
+                           f"needs about {needed / 1e6:,.0f} MB ({len(targets)} cop{'ies' if len(targets) > 1 else 'y'}), "
+                           f"{free / 1e6:,.0f} MB are free; {DISK_ADVICE[errno.ENOSPC]}; the earlier checkpoints are "
+                           f"intact")
+        try:
+            first = targets[0]
+            save_training_checkpoint(first, model_config, weights, training_state, extra, files)
+            for target in targets[1:]:
+                copy_checkpoint(first, target)
+            if periodic:
+                prune_step_checkpoints(self.run_dir, self.keep_last)
+        except OSError as error:
+            raise write_error(error, f"the step {state.step} checkpoint in {self.checkpoints}") or error from None
 
     def _training_state(self, state: TrainState, optimizer_state: dict, scaler, train_config) -> dict:
         rng = rng_state()

@@ -4,6 +4,7 @@ checkpoint saved, and a batch that does not fit in memory."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
@@ -102,3 +103,20 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+DISK_ADVICE = {errno.ENOSPC: "free some space (or lower train.keep_last / raise train.checkpoint_interval)",
+               errno.EDQUOT: "free some space within your disk quota",
+               errno.EROFS: "the file system is read-only: choose a writable location",
+               errno.EACCES: "check the directory's permissions, or choose a writable location",
+               errno.EPERM: "check the directory's permissions, or choose a writable location"}
+
+
+def write_error(error: OSError, what: str) -> SlmError | None:
+    """One line for a disk fault while writing `what` (the path, the cause, what to do), or None when
+    `error` is not one a user can fix (then it is a bug and keeps its traceback)."""
+    advice = DISK_ADVICE.get(error.errno)
+    if advice is None:
+        return None
+    where = f" ({error.filename})" if error.filename else ""
+    return SlmError(f"cannot write {what}{where}: {error.strerror}; {advice}; what was written before is intact")

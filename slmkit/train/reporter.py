@@ -14,6 +14,7 @@ Only the main process reports; on the others every method does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,7 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from slmkit.errors import SlmError
 from slmkit.rundir import METRICS_FILE
+from slmkit.train.guards import write_error
 
 
 class MetricsLogger:
@@ -31,7 +34,10 @@ class MetricsLogger:
                  run_name: str = "", config: dict | None = None, time_offset: float = 0.0):
         self.run_dir = Path(run_dir)
         self.start = time.time() - time_offset
-        self._file = open(self.run_dir / METRICS_FILE, "a")  # noqa: SIM115 - held open for the run
+        try:
+            self._file = open(self.run_dir / METRICS_FILE, "a")  # noqa: SIM115 - held open for the run
+        except OSError as error:
+            raise write_error(error, f"{self.run_dir / METRICS_FILE}") or error from None
         self._tensorboard = None
         self._wandb = None
         if use_tensorboard:
@@ -53,8 +59,11 @@ class MetricsLogger:
 
     def log(self, event: str, step: int, **values) -> dict:
         record = {"event": event, "step": step, **values, "time": round(time.time() - self.start, 3)}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as error:
+            raise write_error(error, f"{self.run_dir / METRICS_FILE}") or error from None
         scalars = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(v)}
         if self._tensorboard is not None and event in ("train", "eval"):
@@ -65,7 +74,8 @@ class MetricsLogger:
         return record
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(OSError):  # a full disk: what could be written was, and the error was reported
+            self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
         if self._wandb is not None:
@@ -86,6 +96,7 @@ class Reporter:
         self.live = not self.quiet and sys.stderr.isatty()  # redraw the progress line in place
         self.flops_per_token, self.peak_flops, self.world_size = flops_per_token, peak_flops, world_size
         self.logger: MetricsLogger | None = None
+        self._stop_logged = False
         self._line_shown = False
         self._window_start, self._window_tokens = time.time(), 0
         self._eta_start, self._eta_step = time.time(), 0  # ETA is measured from the session's first step on
@@ -106,6 +117,13 @@ class Reporter:
     def log(self, event: str, step: int, **values) -> None:
         if self.logger is not None:
             self.logger.log(event, step, **values)
+
+    def stopped(self, step: int, reason: str) -> None:
+        """Log a `stopped` event (once), if it can still be written: the run ends on an error."""
+        if self.logger is not None and not self._stop_logged:
+            self._stop_logged = True
+            with contextlib.suppress(OSError, SlmError):  # the disk that stopped the run may refuse this too
+                self.logger.log("stopped", step, reason=reason)
 
     def print(self, text: str) -> None:
         if self.quiet:

@@ -78,7 +78,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config, self.setup.device.type)
         self.scaler = torch.amp.GradScaler("cuda") if self.setup.needs_grad_scaler else None
         sharded = self.dist.enabled and config.parallelism == "fsdp"
-        self.checkpointer = Checkpointer(self.run_dir, self.dist, sharded, config.keep_last)
+        self.checkpointer = Checkpointer(self.run_dir, self.dist, sharded, config.keep_last, self.setup.device)
         self.evaluator = Evaluator(self.dataset, run.seq_len, config.eval_batch_size or config.batch_size,
                                    config.eval_batches, self.setup, self.dist, shard=not sharded)
         self.flops_per_token = model_stats(run.model, context=run.seq_len).training_flops_per_token
@@ -132,7 +132,8 @@ class Trainer:
         try:
             with self.stop:
                 self._loop(result)
-        except SlmError:
+        except SlmError as error:
+            self.reporter.stopped(state.step, str(error))
             if not run.resume:
                 self.reporter.close()
                 self.checkpointer.discard_empty_run()  # nothing worth keeping: allow a plain re-run
@@ -279,7 +280,7 @@ class Trainer:
 
     def _stop(self, what: str, step: int, saved_step: int | None = None) -> None:
         """End the run for a non-finite loss, gradient, evaluation or weights, naming what is kept."""
-        self.reporter.log("stopped", self.state.step, reason=f"{what} at step {step}")
+        self.reporter.stopped(self.state.step, f"{what} at step {step}")
         newest = self.checkpointer.newest()
         raise self.guard.stop_error(what, step, saved_step, newest, self.run_dir)
 
