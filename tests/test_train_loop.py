@@ -303,3 +303,15 @@ def test_non_finite_gradient_with_a_finite_loss_stops_before_the_weights_are_spo
         train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=10), quiet=True)
     model = load_model(run / "checkpoints" / "last")
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_logger_that_is_on_but_not_installed_is_named_once_at_the_start(data_dir, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails: not installed
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    train(data_dir, tmp_path / "run", overrides=tiny_overrides(data_dir, max_steps=2, eval_interval=0,
+                                                               tensorboard=True, wandb=False), report=False)
+    out = capsys.readouterr().out
+    assert out.count("note: train.tensorboard is on but the tensorboard package is not installed") == 1
+    assert "pip install 'slmkit[loggers]'" in out and "train.wandb" not in out

@@ -40,22 +40,23 @@ class MetricsLogger:
             raise write_error(error, f"{self.run_dir / METRICS_FILE}") or error from None
         self._tensorboard = None
         self._wandb = None
+        self.missing: list[str] = []  # loggers that are on but not installed
         if use_tensorboard:
-            try:  # optional, and slow to import: only when asked for
+            try:  # optional (the `loggers` extra), and slow to import: only when asked for
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
             except ImportError:
-                pass
+                self.missing.append("tensorboard")
         if use_wandb:
-            try:  # optional
+            try:  # optional (the `loggers` extra)
                 import wandb
 
                 os.environ.setdefault("WANDB_MODE", "offline")
                 self._wandb = wandb.init(project="slmkit", name=run_name or self.run_dir.name,
                                          dir=str(self.run_dir), config=config or {}, resume="allow")
             except ImportError:
-                pass
+                self.missing.append("wandb")
 
     def log(self, event: str, step: int, **values) -> dict:
         record = {"event": event, "step": step, **values, "time": round(time.time() - self.start, 3)}
@@ -105,6 +106,9 @@ class Reporter:
         """Start logging to the run directory (main process only)."""
         if self.active:
             self.logger = MetricsLogger(run_dir, tensorboard, wandb, run_dir.name, run_config, time_offset)
+            for name in self.logger.missing:
+                self.print(f"note: train.{name} is on but the {name} package is not installed, so nothing is sent "
+                           f"to it; install it (pip install 'slmkit[loggers]') or --set train.{name}=false")
 
     def close(self) -> None:
         if self._line_shown:
