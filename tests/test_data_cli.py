@@ -5,14 +5,16 @@ import pytest
 from slmkit.cli import main
 
 
-def test_slm_prepare_writes_dataset_and_prints_summary(corpus_dir, tmp_path, capsys):
+def test_slm_prepare_writes_dataset_and_prints_summary_unless_quiet(corpus_dir, tmp_path, capsys):
     out = tmp_path / "ds"
-    assert main(["prepare", str(corpus_dir), "--out", str(out), "--val", "3", "-q", "--workers", "1"]) == 0
+    assert main(["prepare", str(corpus_dir), "--out", str(out), "--val", "3", "--workers", "1"]) == 0
     printed = capsys.readouterr().out
     assert "train       17 documents" in printed and "leak check" in printed
     assert json.loads((out / "meta.json").read_text())["splits"]["val"]["documents"] == 3
-    assert main(["prepare", str(corpus_dir), "--out", str(out), "--val", "3", "-q"]) == 0
+    assert main(["prepare", str(corpus_dir), "--out", str(out), "--val", "3"]) == 0
     assert "up to date, reused" in capsys.readouterr().out
+    assert main(["prepare", str(corpus_dir), "--out", str(out), "--val", "3", "-q"]) == 0
+    assert capsys.readouterr() == ("", "")  # --quiet: no progress bar, no summary
     assert main(["data", "info", str(out)]) == 0
     assert "near-dups" in capsys.readouterr().out
 

@@ -128,3 +128,59 @@ def test_open_dataset_with_seq_len_refuses_a_split_shorter_than_one_window(datas
     assert open_dataset(tmp_path, seq_len=499).val.shape == (500,)
     with pytest.raises(SlmError, match="val split has 500 tokens, fewer than one window of seq_len . 1 = 501"):
         open_dataset(tmp_path, seq_len=500)
+
+
+# -- token ids outside the vocabulary ---------------------------------------------------------------
+def _edit_meta(directory, **changes):
+    meta = json.loads((directory / "meta.json").read_text())
+    meta.update(changes)
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+def test_open_dataset_refuses_a_recorded_largest_id_outside_the_vocabulary(dataset, tmp_path):
+    _edit_meta(tmp_path, max_token_id=50257)
+    with pytest.raises(SlmError, match=r"meta.json records token id 50257, outside its vocabulary of 50257 ids "
+                                       r"\(0..50256\).*rebuild it with `slm prepare --force`"):
+        open_dataset(tmp_path)
+    _edit_meta(tmp_path, max_token_id=9999)
+    assert open_dataset(tmp_path).vocab_size == 50257
+
+
+def test_open_dataset_reads_the_token_files_for_ids_outside_the_vocabulary(dataset, tmp_path):
+    """A train.bin of the right size whose ids exceed the vocabulary, with or without a (stale) record."""
+    np.full(10_000, 60_000, np.uint16).tofile(tmp_path / "train.bin")
+    with pytest.raises(SlmError, match="train.bin holds token id 60000, outside its vocabulary of 50257"):
+        open_dataset(tmp_path)
+    _edit_meta(tmp_path, max_token_id=9999)  # small token files are read in full even so
+    with pytest.raises(SlmError, match="train.bin holds token id 60000"):
+        open_dataset(tmp_path)
+    assert open_dataset(tmp_path, scan_ids=False).vocab_size == 50257  # the pass skipped: the record is trusted
+
+
+def test_every_batch_refuses_token_ids_outside_the_vocabulary(dataset, tmp_path):
+    bad = np.arange(10_000).astype(np.uint16)
+    bad[5000:] = 60_000
+    bad.tofile(tmp_path / "train.bin")
+    _edit_meta(tmp_path, max_token_id=9999)
+    ds = open_dataset(tmp_path, scan_ids=False)  # as for token files too large to read in full on opening
+    with pytest.raises(SlmError, match=r"the train split near token [\d,]+ holds token id 60000, outside"):
+        for step in range(20):
+            ds.random_batch("train", 4, 16, seed=0, step=step)
+    with pytest.raises(SlmError, match="the train split near token 4,992 holds token id 60000"):
+        for _ in ds.eval_batches("train", 4, 16):
+            pass
+    assert len(list(ds.eval_batches("val", 4, 16))) == 8  # the clean split is unaffected
+
+
+def test_slm_train_on_token_files_beyond_the_vocabulary_fails_before_making_a_run(corpus_dir, tmp_path):
+    from test_force_safety import one_line_error, slm
+
+    from slmkit.data import prepare
+
+    prepare([str(corpus_dir)], tmp_path / "ds", workers=1, progress=False)
+    size = (tmp_path / "ds" / "train.bin").stat().st_size
+    np.full(size // 2, 60_000, np.uint16).tofile(tmp_path / "ds" / "train.bin")  # the right size, wrong ids
+    done = slm("train", "--data", tmp_path / "ds", "--out", tmp_path / "run", "--preset", "nano", "--quiet",
+               "--set", "train.max_steps=2")
+    one_line_error(done, "train.bin holds token id 60000, outside its vocabulary of 50257")
+    assert not (tmp_path / "run").exists()

@@ -135,13 +135,17 @@ def test_doc_separator_splits_files_into_documents(tmp_path):
     assert ds.meta["splits"]["val"]["documents"] == 2
 
 
-def test_rerun_with_same_inputs_is_reused_and_a_change_rebuilds(corpus_dir, tmp_path):
+def test_rerun_with_same_inputs_is_reused_and_a_change_rebuilds_only_with_force(corpus_dir, tmp_path):
     first = run([str(corpus_dir)], tmp_path / "ds")
     assert first.reused is False
     assert run([str(corpus_dir)], tmp_path / "ds").reused is True
-    assert run([str(corpus_dir)], tmp_path / "ds", seed=5).reused is False
+    with pytest.raises(SlmError, match=r"made from other inputs \(--seed 1337 \(now 5\)\); pass --force"):
+        run([str(corpus_dir)], tmp_path / "ds", seed=5)
+    assert run([str(corpus_dir)], tmp_path / "ds", seed=5, force=True).reused is False
     (corpus_dir / "doc00.txt").write_text(make_text(1000))
-    again = run([str(corpus_dir)], tmp_path / "ds", seed=5)
+    with pytest.raises(SlmError, match="other inputs .the source files .sizes, modification times"):
+        run([str(corpus_dir)], tmp_path / "ds", seed=5)
+    again = run([str(corpus_dir)], tmp_path / "ds", seed=5, force=True)
     assert again.reused is False
 
 
@@ -190,7 +194,7 @@ def test_bad_inputs_raise_actionable_errors(tmp_path, corpus_dir):
         run([str(short)], tmp_path / "o2")
     one = tmp_path / "one"
     one.mkdir()
-    (one / "a.txt").write_text(make_text(1))
+    (one / "a.jsonl").write_text(json.dumps({"text": make_text(1)}) + "\n")  # one row: one document
     with pytest.raises(SlmError, match="validation split is empty.*--doc-separator"):
         run([str(one)], tmp_path / "o3")
     with pytest.raises(SlmError, match="val must be"):

@@ -477,15 +477,18 @@ def test_import_hf_refuses_missing_and_misshaped_tensors(tmp_path):
     assert _no_leftovers(tmp_path, "out")
 
 
-def test_import_hf_will_not_replace_an_existing_directory_without_force(tmp_path):
+def test_import_hf_replaces_its_own_output_only_with_force_and_never_a_users_folder(tmp_path):
     hf_model("gpt2").save_pretrained(tmp_path / "hf")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "notes.txt").write_text("mine")
-    with pytest.raises(SlmError, match="already exists"):
+    import_hf(tmp_path / "hf", tmp_path / "out")
+    with pytest.raises(SlmError, match="already exists.*pass --force"):
         import_hf(tmp_path / "hf", tmp_path / "out")
-    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
-    import_hf(tmp_path / "hf", tmp_path / "out", overwrite=True)
-    assert not (tmp_path / "out" / "notes.txt").exists()
+    import_hf(tmp_path / "hf", tmp_path / "out", overwrite=True)  # its own earlier output: replaced
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(SlmError, match=r"will not replace .*mine: it holds 1 entry \(notes.txt\)"):
+            import_hf(tmp_path / "hf", tmp_path / "mine", overwrite=overwrite)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 
 def test_cli_import_and_export_round_trip_and_errors_in_one_line(tmp_path, capsys):

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import re
+import sys
 from pathlib import Path
 
 from slmkit import api
@@ -53,7 +54,11 @@ def cmd_prepare(args) -> int:
     options, val_sources = prepare_options(args)
     out = Path(args.out) if args.out else _default_out(args.sources, options.tokenizer)
     dataset = api.prepare(args.sources, out, val_sources=val_sources, **dataclasses.asdict(options))
-    print(dataset.summary(out))
+    if args.quiet:  # quiet: no progress bar, no summary; its warnings still matter
+        for warning in dataset.meta.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        print(dataset.summary(out))
     return 0
 
 
@@ -104,7 +109,8 @@ def register(subparsers) -> None:
                    help=f"validation: a share of the tokens (default {api.PrepareOptions.val}), a number of documents "
                    "(10), or a source that is the validation set (repeatable)")
     p.add_argument("--val-source", action="append", metavar="SOURCE", help="explicit validation source (repeatable)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")  # the progress field, inverted
+    p.add_argument("--quiet", "-q", action="store_true",  # the progress field, inverted
+                   help="no progress bar and no summary (warnings still go to stderr)")
     add_options(p, api.PrepareOptions, skip=("val", "progress"))
     p.set_defaults(run=cmd_prepare)
 
@@ -120,7 +126,8 @@ def register(subparsers) -> None:
     train.add_argument("sources", nargs="+", metavar="SOURCE")
     # Arguments of train_tokenizer_on_sources itself, which applies its defaults to those not given.
     train.add_argument("--tokenizer", "-t", dest="spec", help="bpe:VOCAB or char (default bpe:8192)")
-    train.add_argument("--out", "-o", required=True, help="directory to save the tokenizer in")
+    train.add_argument("--out", "-o", required=True,
+                       help="directory to save the tokenizer in: new, empty, or one this command wrote before")
     train.add_argument("--min-frequency", type=int, help="BPE: least count of a merged pair (default 2)")
     train.add_argument("--max-bytes", type=int, help="train on at most this many characters (default "
                        f"{api.PrepareOptions.tokenizer_train_bytes})")

@@ -14,7 +14,9 @@ def register(subparsers) -> None:
     )
     imp.add_argument("hf_dir", metavar="HF_DIR", help="the Hugging Face model directory (holds config.json)")
     imp.add_argument("out", metavar="OUT", help="the slmkit checkpoint directory to write")
-    imp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    imp.add_argument("--force", action="store_true",
+                     help="replace OUT when it is empty or an earlier import-hf output (never the input, a run, a "
+                          "dataset or another checkpoint)")
     imp.set_defaults(run=_import_hf)
 
     exp = subparsers.add_parser(
@@ -24,7 +26,9 @@ def register(subparsers) -> None:
     )
     exp.add_argument("ckpt", metavar="CKPT", help="an slmkit checkpoint or run directory")
     exp.add_argument("out", metavar="OUT", help="the Hugging Face model directory to write")
-    exp.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    exp.add_argument("--force", action="store_true",
+                     help="replace OUT when it is empty or an earlier export-hf output (never the input run or "
+                          "checkpoint, a folder around them, a dataset or another checkpoint)")
     exp.set_defaults(run=_export_hf)
 
 

@@ -31,7 +31,7 @@ def collect(sources: list[Source], is_val_source: list[bool], workers: Workers, 
     stats = [{"raw_bytes": 0, "sha256": None} for _ in sources]
     total_bytes = None
     if all(s.kind == "local" for s in sources):
-        total_bytes = sum(p.stat().st_size for s in sources for p in s.paths)
+        total_bytes = sum(s.raw_bytes() for s in sources)
     docs = Documents(per_source_filters=[Counter() for _ in sources])
     seen: set[bytes] = set()
     offset = 0

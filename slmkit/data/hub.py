@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from slmkit.data.readers import STR, RawItem, text_of
+from slmkit.data.readers import wikitext_articles as join_wikitext_rows
 from slmkit.errors import SlmError
 
 HF_TIMEOUT_S = 3.0
@@ -64,21 +65,10 @@ def read_hub_dataset(spec: str, name: str, config: str | None, split: str, text_
     except Exception as error:
         where = "from the local cache (offline mode)" if offline else "from the Hub"
         raise SlmError(f"cannot load {spec!r} {where}: {type(error).__name__}: {error}; {hint}") from None
-    pending: list[str] = []
-    for i, row in enumerate(dataset):
-        text = text_of(row, text_field, f"{spec} row {i}")
-        if wikitext_articles:
-            if _is_wikitext_title(text) and "".join(pending).strip():
-                yield RawItem(STR, f"{spec}:{i}", "".join(pending))
-                pending = []
-            pending.append(text)
-        elif text:
+    texts = (text_of(row, text_field, f"{spec} row {i}") for i, row in enumerate(dataset))
+    if wikitext_articles:
+        yield from join_wikitext_rows(texts, spec)
+        return
+    for i, text in enumerate(texts):
+        if text:
             yield RawItem(STR, f"{spec}:{i}", text)
-    if pending and "".join(pending).strip():
-        yield RawItem(STR, f"{spec}:end", "".join(pending))
-
-
-def _is_wikitext_title(line: str) -> bool:
-    """A top-level wikitext heading (" = Title = "), where an article starts; not " = = Section = = "."""
-    s = line.strip()
-    return s.startswith("= ") and s.endswith(" =") and not s.startswith("= =")

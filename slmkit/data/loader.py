@@ -7,6 +7,11 @@
 
 Random windows depend only on (seed, step), so a resumed run sees the same batches (a distributed
 trainer gives each process its own steps). Only the windows asked for are read from disk.
+
+Token ids outside the vocabulary (token files that do not belong to their meta.json, or damaged ones)
+are refused with SlmError before the model sees them: on opening, from the largest id meta.json records
+(prepare writes it), and by one pass over the token files themselves when meta.json has no record or
+they are small enough (SCAN_BYTES) that the pass costs under a second; and in every batch, by its max.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ VERSION = 1
 SPLITS = ("train", "val")
 DTYPES = ("uint16", "uint32")
 REQUIRED_KEYS = ("vocab_size", "dtype", "splits", "tokenizer")
+SCAN_BYTES = 1 << 30  # token files up to this size in all are checked in full on opening (one numpy pass)
+SCAN_TOKENS = 1 << 24  # tokens read at a time by that pass
 
 
 def bits_per_byte(loss_nats: float | None, bytes_per_token: float | None) -> float | None:
@@ -97,6 +104,42 @@ class Dataset:
                 f"(dataset {self.dir}); use a shorter seq_len or prepare more data"
             )
 
+    def max_token_id(self, split: str) -> int:
+        """The largest token id in `split`, by one pass over its file in pieces (-1 when it is empty)."""
+        data = self.split(split)
+        return max((int(data[i : i + SCAN_TOKENS].max()) for i in range(0, len(data), SCAN_TOKENS)), default=-1)
+
+    def check_token_ids(self, scan: bool | None = None) -> None:
+        """SlmError when a token id is outside the vocabulary (0 .. vocab_size - 1): first the largest id
+        meta.json records, then (`scan` True, or None and the files hold at most SCAN_BYTES, or meta.json
+        records none) the token files themselves."""
+        recorded = self.meta.get("max_token_id")
+        if recorded is not None and recorded >= self.vocab_size:
+            self._refuse_id(int(recorded), "its meta.json records")
+        total = sum(self.meta["splits"][name]["tokens"] for name in SPLITS) * self.dtype.itemsize
+        if scan is None:
+            scan = recorded is None or total <= SCAN_BYTES
+        if scan:
+            for name in SPLITS:
+                found = self.max_token_id(name)
+                if found >= self.vocab_size:
+                    self._refuse_id(found, f"{name}.bin holds")
+
+    def _refuse_id(self, token_id: int, where: str) -> None:
+        raise SlmError(
+            f"dataset {self.dir}: {where} token id {token_id}, outside its vocabulary of {self.vocab_size} ids "
+            f"(0..{self.vocab_size - 1}); its token files do not belong to its meta.json and tokenizer (damaged, "
+            "or copied from another dataset): rebuild it with `slm prepare --force`"
+        )
+
+    def _check_batch(self, block: np.ndarray, split: str, starts) -> None:
+        """The cheap check of every batch: its largest id (one pass over a few thousand numbers). `block`:
+        the batch's token ids, one row per window (or one row); `starts`: the first token of each row."""
+        if block.size and int(block.max()) >= self.vocab_size:
+            rows = block.reshape(len(starts), -1)
+            row = int(np.argmax(rows.max(axis=1)))
+            self._refuse_id(int(rows[row].max()), f"the {split} split near token {int(starts[row]):,} holds")
+
     def random_batch(self, split: str, batch_size: int, seq_len: int, seed: int, step: int):
         """(x, y): int64 torch tensors (batch_size, seq_len) of random windows of `split`, y shifted by
         one token; a function of (seed, step) only."""
@@ -108,6 +151,7 @@ class Dataset:
         rng = np.random.default_rng([int(seed), int(step), 0, 0x5E9])
         starts = rng.integers(0, len(data) - seq_len, size=batch_size)
         windows = np.stack([np.asarray(data[s : s + seq_len + 1]) for s in starts]).astype(np.int64)
+        self._check_batch(windows, split, starts)
         windows = torch.from_numpy(windows)
         return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
 
@@ -129,6 +173,7 @@ class Dataset:
             count = min(batch_size, n_windows - first)
             start, stop = first * seq_len, (first + count) * seq_len + 1
             block = np.asarray(data[start:stop]).astype(np.int64)
+            self._check_batch(block, split, [start])
             x = np.lib.stride_tricks.as_strided(block, (count, seq_len), (seq_len * 8, 8))
             y = np.lib.stride_tricks.as_strided(block[1:], (count, seq_len), (seq_len * 8, 8))
             yield torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
@@ -185,12 +230,15 @@ def read_meta(directory: str | Path) -> dict:
     return meta
 
 
-def open_dataset(directory: str | Path, seq_len: int | None = None) -> Dataset:
-    """Open the dataset directory `directory` after checking it (see `read_meta`); with `seq_len`, also
-    check that each split holds at least one window of seq_len + 1 tokens. Raises SlmError naming what
-    is wrong and the fix."""
+def open_dataset(directory: str | Path, seq_len: int | None = None, *, scan_ids: bool | None = None) -> Dataset:
+    """Open the dataset directory `directory` after checking it (see `read_meta`) and its token ids
+    (`Dataset.check_token_ids`: the recorded largest id, and one pass over the token files when they hold
+    at most SCAN_BYTES or meta.json records no largest id; `scan_ids` True or False forces the pass or
+    skips it); with `seq_len`, also check that each split holds at least one window of seq_len + 1
+    tokens. Raises SlmError naming what is wrong and the fix."""
     directory = Path(directory).expanduser()
     dataset = Dataset(directory, read_meta(directory))
+    dataset.check_token_ids(scan_ids)
     if seq_len is not None:
         for split in SPLITS:
             dataset.check_window(split, seq_len)

@@ -46,9 +46,11 @@ def check_splits(directory: Path, dtype: np.dtype, tokenizer: Tokenizer, splits:
 def dataset_meta(*, options: PrepareOptions, tokenizer: Tokenizer, trained_on: dict | None, dtype: np.dtype,
                  sources: list[Source], is_val_source: list[bool], source_stats: list[dict], docs: Documents,
                  roots: np.ndarray, pairs: list, dest: np.ndarray, splits: dict, per_source: list[dict],
-                 health: dict, leak: dict, warnings: list[str], timings: dict, workers: int) -> dict:
-    """meta.json's content (without the fingerprint); adds bytes_per_token to `splits` and the
-    invalid-UTF-8 warning to `warnings`."""
+                 health: dict, leak: dict, warnings: list[str], timings: dict, workers: int,
+                 tail: dict | None = None) -> dict:
+    """meta.json's content (without the fingerprint and inputs); adds bytes_per_token to `splits` and the
+    invalid-UTF-8 warning to `warnings`. `tail`: how a lone document was cut into a training head and a
+    validation tail (see `slmkit.data.prepare`), or None."""
     if docs.decode_problems:
         warnings.append(f"{docs.decode_problems} documents had invalid UTF-8 (policy {options.encoding_errors})")
     for split in splits.values():  # all tokens, separators included: what bits per byte divides by
@@ -65,6 +67,7 @@ def dataset_meta(*, options: PrepareOptions, tokenizer: Tokenizer, trained_on: d
             "trained_on": trained_on,  # None for a ready tokenizer; else {"split": "train", ...}
         },
         "vocab_size": tokenizer.vocab_size,
+        "max_token_id": max(split["max_token_id"] for split in splits.values()),  # checked when opened
         "dtype": dtype.name,
         "eot_id": tokenizer.eot_id,
         "document_separator": "eot appended after every document",
@@ -82,9 +85,11 @@ def dataset_meta(*, options: PrepareOptions, tokenizer: Tokenizer, trained_on: d
         "filters": _filters(options, docs, dest),
         "near_duplicates": _near_duplicates(options, docs.names, roots, pairs),
         "split": {
-            "method": "explicit validation sources" if explicit_val else "by group of near-duplicate documents",
+            "method": "contiguous tail of one document" if tail else
+            "explicit validation sources" if explicit_val else "by group of near-duplicate documents",
             "seed": options.seed, "val": options.val,
             "val_documents_names": [docs.names[i] for i in np.flatnonzero(dest == VAL)[:1000]],
+            **({"tail": tail} if tail else {}),
         },
         "health": health,
         "leak_check": leak,

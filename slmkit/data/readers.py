@@ -2,14 +2,17 @@
 them, still to decode and clean in the worker processes; see `slmkit.data.clean`).
 
 A text file is a document (a large one is read in pieces of one group); a row of a .jsonl, .json,
-.parquet or .csv file is a document, its text in the field or column `text_field`.
+.parquet or .csv file is a document, its text in the field or column `text_field`, except in a
+WikiText-style file (a row per line, articles opened by " = Title = " headings), whose rows are joined
+into articles (`wikitext_articles`, as for the built-in wikitext-103).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ TEXT_EXTENSIONS = (
 TABLE_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 CHUNK_BYTES = 16 << 20  # text files larger than this are read in pieces cut at line breaks
 JSONL_BLOCK_BYTES = 4 << 20  # JSON lines go to the workers in blocks of about this size
+WIKITEXT_PROBE_ROWS = 200  # rows of a table file looked at to tell whether it is WikiText-style
 
 # Kinds of raw item: bytes of a text file (or of one piece of a large one), bytes of JSON lines, or a
 # document already decoded (rows of parquet, csv, json, Hugging Face datasets).
@@ -60,23 +64,40 @@ class Reader:
 
 class TextReader(Reader):
     """A file is one document; one larger than CHUNK_BYTES comes in pieces cut after a line break, all
-    in one group so the split keeps them together."""
+    in one group so the split keeps them together. With `byte_range` (start, stop), only those bytes of
+    the file are read, as a document of their own (named "PATH[start:stop]")."""
+
+    def __init__(self, text_field: str = "text", byte_range: tuple[int, int] | None = None):
+        super().__init__(text_field)
+        self.byte_range = byte_range
 
     def read(self, path: Path) -> Iterator[RawItem]:
-        if path.stat().st_size <= CHUNK_BYTES:
-            yield RawItem(TEXT, str(path), path.read_bytes())
+        if self.byte_range is None:
+            start, stop, name = 0, path.stat().st_size, str(path)
+        else:
+            (start, stop), name = self.byte_range, f"{path}[{self.byte_range[0]}:{self.byte_range[1]}]"
+        if stop - start <= CHUNK_BYTES:
+            if self.byte_range is None:
+                yield RawItem(TEXT, name, path.read_bytes())
+            else:
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    yield RawItem(TEXT, name, f.read(stop - start))
             return
         with open(path, "rb") as f:
+            f.seek(start)
+            left = stop - start
             carry = b""
             index = 0
-            while block := f.read(CHUNK_BYTES):
+            while left > 0 and (block := f.read(min(CHUNK_BYTES, left))):
+                left -= len(block)
                 data = carry + block
                 cut = data.rfind(b"\n") + 1 or len(data)
                 data, carry = data[:cut], data[cut:]
-                yield RawItem(TEXT, f"{path}#{index}", data, group=str(path))
+                yield RawItem(TEXT, f"{name}#{index}", data, group=name)
                 index += 1
             if carry:
-                yield RawItem(TEXT, f"{path}#{index}", carry, group=str(path))
+                yield RawItem(TEXT, f"{name}#{index}", carry, group=name)
 
 
 class JsonLinesReader(Reader):
@@ -170,10 +191,60 @@ class CsvReader(Reader):
 TABLE_READERS = {".jsonl": JsonLinesReader, ".json": JsonReader, ".parquet": ParquetReader, ".csv": CsvReader}
 
 
-def read_files(paths: list[Path], text_field: str = "text", row_by_row: bool = False) -> Iterator[RawItem]:
+def read_files(paths: list[Path], text_field: str = "text", row_by_row: bool = False,
+               joined: frozenset[Path] = frozenset(), byte_range: tuple[int, int] | None = None) -> Iterator[RawItem]:
     """The raw items of `paths` in order, each file read by the reader of its extension (text otherwise).
-    `row_by_row`: JSON lines parsed here, one item per row."""
+    `row_by_row`: JSON lines parsed here, one item per row. `joined`: table files whose rows are lines
+    of WikiText-style articles, joined into one item per article. `byte_range`: read only these bytes of
+    the (one) text file."""
     for path in paths:
         reader_class = TABLE_READERS.get(path.suffix.lower(), TextReader)
-        reader = JsonLinesReader(text_field, row_by_row) if reader_class is JsonLinesReader else reader_class(text_field)
-        yield from reader.read(path)
+        if reader_class is TextReader:
+            yield from TextReader(text_field, byte_range).read(path)
+        elif path in joined:
+            rows = table_reader(path, text_field, row_by_row=True).read(path)
+            yield from wikitext_articles((item.data for item in rows), str(path))
+        else:
+            yield from table_reader(path, text_field, row_by_row).read(path)
+
+
+def table_reader(path: Path, text_field: str, row_by_row: bool = False) -> Reader:
+    """The reader of a .jsonl/.json/.parquet/.csv file."""
+    reader_class = TABLE_READERS[path.suffix.lower()]
+    return JsonLinesReader(text_field, row_by_row) if reader_class is JsonLinesReader else reader_class(text_field)
+
+
+def is_wikitext_title(line: str) -> bool:
+    """A top-level WikiText heading (" = Title = "), where an article starts; not " = = Section = = "."""
+    s = line.strip()
+    return s.startswith("= ") and s.endswith(" =") and not s.startswith("= =")
+
+
+def wikitext_articles(rows: Iterable[str | None], prefix: str) -> Iterator[RawItem]:
+    """WikiText rows (a line each, headings included) joined into one document per article: a new
+    article starts at each top-level " = Title = " row. Named "PREFIX:ROW" (the row after the article)
+    and "PREFIX:end" for the last, as the built-in wikitext-103 names them."""
+    pending: list[str] = []
+    for i, text in enumerate(rows):
+        text = text or ""
+        if is_wikitext_title(text) and "".join(pending).strip():
+            yield RawItem(STR, f"{prefix}:{i}", "".join(pending))
+            pending = []
+        pending.append(text)
+    if pending and "".join(pending).strip():
+        yield RawItem(STR, f"{prefix}:end", "".join(pending))
+
+
+def looks_like_wikitext(path: Path, text_field: str) -> bool:
+    """Whether a .jsonl or .parquet file holds WikiText-style rows: among its first rows, a top-level
+    " = Title = " heading, and nearly every non-empty row one line ending in a line break."""
+    if path.suffix.lower() not in (".jsonl", ".parquet"):
+        return False
+    try:
+        rows = [item.data for item in
+                itertools.islice(table_reader(path, text_field, row_by_row=True).read(path), WIKITEXT_PROBE_ROWS)]
+    except SlmError:
+        return False  # no such field, invalid JSON: reading it properly will say so
+    lines = [row for row in rows if row.strip()]
+    single = sum(row.endswith("\n") and row.count("\n") == 1 for row in lines)
+    return len(lines) >= 3 and any(is_wikitext_title(row) for row in lines) and single >= 0.9 * len(lines)

@@ -23,6 +23,11 @@ def format_summary(meta: dict, path=None, reused: bool = False) -> str:
         lines.append(f"  source      {source['spec']} [{source['role']}, weight {source['weight']}]: "
                      f"{source['train_documents']} train / {source['val_documents']} val documents, "
                      f"sha256 {str(source['sha256'])[:12]}")
+    tail = meta.get("split", {}).get("tail")
+    if tail:
+        lines.append(f"  split       {tail['file']} is one document: validation is its last "
+                     f"{tail['val_share_of_bytes']:.1%} (from byte {tail['cut_byte']:,}, at a {tail['cut_at']}), "
+                     "training the rest")
     filters = meta["filters"]
     dropped = {k: v for k, v in filters.items() if isinstance(v, int) and v and k != "documents_kept"}
     lines.append(f"  filters     kept {filters['documents_kept']:,}; dropped: "

@@ -27,7 +27,7 @@ from pathlib import Path
 from slmkit.data.corpora import python_stdlib_files, shakespeare_files
 from slmkit.data.hub import read_hub_dataset
 from slmkit.data.options import PrepareOptions
-from slmkit.data.readers import TABLE_EXTENSIONS, RawItem, read_files
+from slmkit.data.readers import TABLE_EXTENSIONS, RawItem, looks_like_wikitext, read_files
 from slmkit.errors import SlmError
 
 # Built-in corpora: name -> (description, where it comes from: a Hugging Face (dataset, config), whose
@@ -58,6 +58,8 @@ class Source:
     text_field: str = "text"
     group_rows: str | None = None  # "wikitext": rows are lines, articles start at " = Title = "
     max_documents: int | None = None
+    joined: frozenset[Path] = frozenset()  # local table files of WikiText-style rows, joined into articles
+    byte_range: tuple[int, int] | None = None  # only these bytes of the one text file (see prepare's tail split)
 
     def fingerprint(self) -> dict:
         if self.kind == "hf":
@@ -66,7 +68,18 @@ class Source:
         for path in self.paths:
             stat = path.stat()
             files.append([str(path), stat.st_size, stat.st_mtime_ns])
-        return {"spec": self.spec, "files": files, "max_documents": self.max_documents}
+        found = {"spec": self.spec, "files": files, "max_documents": self.max_documents}
+        if self.joined:  # added only when set: the fingerprints of other sources stay as they were
+            found["joined_wikitext"] = sorted(str(p) for p in self.joined)
+        if self.byte_range:
+            found["byte_range"] = list(self.byte_range)
+        return found
+
+    def raw_bytes(self) -> int:
+        """Size in bytes of a local source's files (of its byte range, when it has one)."""
+        if self.byte_range:
+            return self.byte_range[1] - self.byte_range[0]
+        return sum(p.stat().st_size for p in self.paths)
 
     def iter_items(self) -> Iterator[RawItem]:
         if self.kind == "hf":
@@ -75,7 +88,8 @@ class Source:
                                      wikitext_articles=self.group_rows == "wikitext")
         else:
             # With a document cap, JSON lines are read row by row so the cap counts documents, not blocks.
-            items = read_files(self.paths, self.text_field, row_by_row=bool(self.max_documents))
+            items = read_files(self.paths, self.text_field, row_by_row=bool(self.max_documents), joined=self.joined,
+                               byte_range=self.byte_range)
         yield from itertools.islice(items, self.max_documents)
 
 
@@ -110,6 +124,9 @@ def resolve_source(spec: str, options: PrepareOptions | None = None) -> Source:
     else:
         source = Source(base, kind="local", paths=_local_paths(base, options), text_field=options.text_field)
         source.description = f"{len(source.paths)} files"
+        source.joined = _wikitext_files(source.paths, options)
+        if source.joined:
+            source.description += f", {len(source.joined)} of WikiText-style rows joined into articles"
     source.spec, source.weight = spec, weight
     source.max_documents = options.max_documents
     return source
@@ -122,6 +139,17 @@ def _builtin(name: str, split: str | None) -> Source:
         return Source(name, kind="hf", hf=(hub_name, config, split or "train"), description=description,
                       group_rows="wikitext" if name == "wikitext-103" else None)
     return Source(name, paths=origin(), description=description)
+
+
+def _wikitext_files(paths: list[Path], options: PrepareOptions) -> frozenset[Path]:
+    """The table files whose rows are to be joined into WikiText articles: all of them with join
+    "wikitext", none with "none", those whose first rows look WikiText-style with "auto"."""
+    if options.join == "none":
+        return frozenset()
+    tables = [p for p in paths if p.suffix.lower() in TABLE_EXTENSIONS]
+    if options.join == "wikitext":
+        return frozenset(tables)
+    return frozenset(p for p in tables if looks_like_wikitext(p, options.text_field))
 
 
 def _local_paths(spec: str, options: PrepareOptions) -> list[Path]:

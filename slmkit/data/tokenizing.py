@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,7 +24,34 @@ from slmkit.data.options import PrepareOptions
 from slmkit.data.pool import Workers
 from slmkit.data.split import TRAIN
 from slmkit.errors import SlmError
-from slmkit.tokenizer import CharTokenizer, Tokenizer, train_tokenizer
+from slmkit.tokenizer import MANIFEST, CharTokenizer, Tokenizer, parse_spec, train_tokenizer
+from slmkit.tokenizer.base import MANIFEST_FORMAT
+
+TOKENIZER_MARKER = ".slmkit-tokenizer-train"  # the mark of a folder `slm tokenizer train` wrote
+TOKENIZER_FILES = (MANIFEST, "tokenizer.json")  # what a saved slmkit tokenizer's folder holds
+
+
+def is_tokenizer_folder(path: Path) -> bool:
+    """Whether `path` holds a saved slmkit tokenizer and nothing else (what `slm tokenizer train` wrote
+    before it left a marker)."""
+    try:
+        names = {p.name for p in path.iterdir()}
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT and names <= set(TOKENIZER_FILES)
+
+
+def vocab_shortfall(spec: str, tokenizer: Tokenizer, trained_on: dict | None) -> str | None:
+    """The warning when a trained "bpe:N" has fewer than N ids (its training text ran out of pairs to
+    merge), else None."""
+    kind, asked = parse_spec(spec)
+    if kind != "bpe" or tokenizer.vocab_size >= asked:
+        return None
+    text = f" ({trained_on['documents']:,} documents, {trained_on['bytes'] / 1e6:,.2f} MB)" if trained_on else ""
+    return (f"{spec} asked for {asked:,} ids, but the training text{text} gave only {tokenizer.vocab_size:,}: "
+            f"no pair of tokens was left that occurs often enough to merge; the vocabulary, and the vocab_size of models trained on this "
+            f"data, is {tokenizer.vocab_size:,} (train on more text, or ask for fewer ids)")
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: Path, dtype: str | None) -> np.dtype:

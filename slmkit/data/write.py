@@ -3,7 +3,10 @@ the output folder checked and cleared of scratch folders of killed runs, and the
 a run with unchanged inputs reuse the existing directory.
 
 The directory itself is built in a temporary folder beside it and renamed into place at the end
-(`slmkit.utils.atomic_dir`), so a failed or interrupted run leaves no half dataset behind.
+(`slmkit.utils.atomic_dir`), so a failed or interrupted run leaves no half dataset behind. An existing
+output is reused when its inputs are identical, refused without `force` when they differ (naming what
+differs), and replaced with `force` only where `slmkit.utils.check_replaceable` allows: never an input
+or a folder around or inside one, never anything but a dataset prepare wrote (PREPARE_MARKER).
 """
 
 from __future__ import annotations
@@ -19,9 +22,15 @@ import numpy as np
 from slmkit.data.documents import Documents, Scratch
 from slmkit.data.loader import FORMAT, SPLITS, VERSION, read_meta
 from slmkit.data.options import PrepareOptions
-from slmkit.data.sources import Source
+from slmkit.data.sources import Source, parse_weight
 from slmkit.errors import SlmError
-from slmkit.tokenizer import Tokenizer, needs_training
+from slmkit.tokenizer import MANIFEST, Tokenizer, needs_training
+from slmkit.utils import check_replaceable
+
+PREPARE_MARKER = ".slmkit-prepare"  # the mark of a dataset prepare wrote (see slmkit.utils.write_marker)
+# What a dataset directory holds; a folder of these alone, with a dataset's meta.json, is one prepare made
+# before it left a marker.
+DATASET_FILES = ("train.bin", "val.bin", "meta.json", MANIFEST, "tokenizer.json")
 
 WRITE_TOKENS = 1 << 22  # tokens copied at a time: memory stays bounded for long runs of documents
 
@@ -29,12 +38,14 @@ WRITE_TOKENS = 1 << 22  # tokens copied at a time: memory stays bounded for long
 def write_splits(directory: Path, scratch: Scratch, docs: Documents, dest: np.ndarray, repeats: np.ndarray,
                  dtype: np.dtype, n_sources: int) -> tuple[dict, list[dict]]:
     """Write train.bin and val.bin in `directory`: each kept document's tokens from the scratch file,
-    `repeats` times, in corpus order. Returns the counts per split {"documents", "tokens", "bytes"} and
-    per source {"train_documents", "val_documents", "train_tokens", "val_tokens"}."""
+    `repeats` times, in corpus order. Returns the counts per split {"documents", "tokens", "bytes",
+    "max_token_id"} (the largest id written, -1 for an empty split) and per source {"train_documents",
+    "val_documents", "train_tokens", "val_tokens"}."""
     scratch_tokens = scratch.token_array(dtype)
     # Python ints from the arrays (numpy ints would not go into meta.json)
     offsets, lengths, doc_bytes, sources = docs.offset, docs.tokens, docs.text_bytes, docs.source
     splits = {name: {"documents": 0, "tokens": 0, "bytes": 0} for name in SPLITS}
+    max_id = {name: -1 for name in SPLITS}
     per_source = [{"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0}
                   for _ in range(n_sources)]
     with open(directory / "train.bin", "wb") as train_file, open(directory / "val.bin", "wb") as val_file:
@@ -50,10 +61,13 @@ def write_splits(directory: Path, scratch: Scratch, docs: Documents, dest: np.nd
             while j < n and dest[j] == d and repeats[j] == 1 and r == 1 and offsets[j] == offsets[j - 1] + lengths[j - 1]:
                 j += 1
             run = scratch_tokens[offsets[i] : offsets[j - 1] + lengths[j - 1]]
-            for _ in range(r):
-                for piece in range(0, len(run), WRITE_TOKENS):
-                    files[d].write(memoryview(np.ascontiguousarray(run[piece : piece + WRITE_TOKENS])))
             name = SPLITS[d]
+            for repeat in range(r):
+                for piece in range(0, len(run), WRITE_TOKENS):
+                    block = np.ascontiguousarray(run[piece : piece + WRITE_TOKENS])
+                    if repeat == 0 and len(block):  # the piece is at hand: its max costs next to nothing
+                        max_id[name] = max(max_id[name], int(block.max()))
+                    files[d].write(memoryview(block))
             for k in range(i, j):
                 splits[name]["documents"] += r
                 splits[name]["tokens"] += r * lengths[k]
@@ -62,6 +76,8 @@ def write_splits(directory: Path, scratch: Scratch, docs: Documents, dest: np.nd
                 per_source[sources[k]][f"{name}_tokens"] += r * lengths[k]
             i = j
     del scratch_tokens
+    for name in SPLITS:
+        splits[name]["max_token_id"] = max_id[name]
     return splits, per_source
 
 
@@ -95,19 +111,79 @@ def reusable(out_dir: Path, fingerprint: str) -> bool:
         return False
 
 
-def _is_dataset(path: Path) -> bool:
+def _dataset_meta(path: Path) -> dict | None:
+    """The parsed meta.json of `path` when it is an slmkit dataset's (complete or not), else None."""
     try:
-        return json.loads((path / "meta.json").read_text(encoding="utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def dataset_inputs(options: PrepareOptions, train: list[Source], val: list[Source]) -> dict:
+    """What meta.json records of the inputs (options, source specs), to name what changed on a later run."""
+    options_json = json.loads(json.dumps(options.dataset_fields(), default=str))
+    return {"options": options_json, "train": [s.spec for s in train], "val": [s.spec for s in val]}
+
+
+def input_paths(sources: list[Source], tokenizer) -> list[Path]:
+    """The local files and folders a prepare run reads: what its output may not be, contain or lie in."""
+    paths = []
+    for source in sources:
+        if source.kind != "local":
+            continue
+        base = Path(parse_weight(source.spec)[0]).expanduser()
+        paths.extend([base] if base.exists() else source.paths)
+    if isinstance(tokenizer, (str, os.PathLike)) and Path(str(tokenizer)).exists():
+        paths.append(Path(str(tokenizer)))
+    return paths
+
+
+def changes(meta: dict, inputs: dict) -> str:
+    """What differs between the inputs recorded in an existing dataset's meta.json and `inputs`, e.g.
+    "--tokenizer 'gpt2' (now 'char')"; for a dataset without a record, what its summary fields show."""
+    found = []
+    recorded = meta.get("inputs")
+    if isinstance(recorded, dict):
+        old_options = recorded.get("options", {})
+        for key, value in inputs["options"].items():
+            if key in old_options and old_options[key] != value:
+                found.append(f"--{key.replace('_', '-')} {old_options[key]!r} (now {value!r})")
+        old_sources = (recorded.get("train"), recorded.get("val"))
+    else:  # made before meta.json recorded its inputs
+        old_name = (meta.get("tokenizer") or {}).get("name")
+        if old_name != inputs["options"]["tokenizer"]:
+            found.append(f"--tokenizer {old_name!r} (now {inputs['options']['tokenizer']!r})")
+        sources = meta.get("sources") or []
+        old_sources = ([s.get("spec") for s in sources if s.get("role") != "val"],
+                       [s.get("spec") for s in sources if s.get("role") == "val"])
+    if old_sources != (inputs["train"], inputs["val"]):
+        found.append(f"sources {' '.join(old_sources[0] or [])}{' --val-source ' if old_sources[1] else ''}"
+                     f"{' '.join(old_sources[1] or [])} (now {' '.join(inputs['train'])}"
+                     f"{' --val-source ' if inputs['val'] else ''}{' '.join(inputs['val'])})")
+    return "; ".join(found) or "the source files (sizes, modification times) or the tokenizer files changed"
+
+
+def check_out_dir(out_dir: Path, fingerprint: str, inputs: dict, paths: list[Path], force: bool) -> bool:
+    """Whether the existing `out_dir` is reused (True) or may be written (False). SlmError when it is a
+    file; a dataset made from other inputs, without `force` (naming what differs); a non-empty folder
+    that holds no dataset; or anything `check_replaceable` refuses (a source, a folder around or inside
+    one, a folder holding more than a dataset prepare wrote)."""
+    if not os.path.lexists(out_dir):
         return False
-
-
-def check_out_dir(out_dir: Path) -> None:
-    """SlmError when `out_dir` is a file, or a non-empty folder that holds no slmkit dataset."""
-    if out_dir.exists() and not out_dir.is_dir():
+    if not out_dir.is_dir():
         raise SlmError(f"output {out_dir} exists and is a file; choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not _is_dataset(out_dir):
+    meta = _dataset_meta(out_dir)
+    if meta is not None and meta.get("fingerprint") == fingerprint and not force and reusable(out_dir, fingerprint):
+        return True
+    if meta is not None and meta.get("fingerprint") != fingerprint and not force:
+        raise SlmError(f"{out_dir} holds a dataset made from other inputs ({changes(meta, inputs)}); pass --force "
+                       "to replace it, or choose another --out")
+    if meta is None and any(out_dir.iterdir()) and not force:
         raise SlmError(f"output folder {out_dir} is not empty and holds no slmkit dataset; choose another --out")
+    legacy = meta is not None and {p.name for p in out_dir.iterdir()} <= set(DATASET_FILES)
+    check_replaceable(out_dir, paths, kind="a dataset", marker=PREPARE_MARKER, legacy_output=legacy)
+    return False
 
 
 def remove_stale_temporaries(out_dir: Path) -> None:

@@ -7,14 +7,19 @@ model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained(OUT)` 
 logits. The mapping itself lives in hf_config.py (configs) and hf_state.py (tensors).
 
 Both write into a temporary directory beside OUT and rename it into place, so a failure leaves
-nothing at OUT.
+nothing at OUT (and an earlier OUT as it was). An existing OUT is replaced only when asked
+(`overwrite`) and only when `slmkit.utils.check_replaceable` allows it: never an input or a directory
+around or inside one, never a run, a dataset or a checkpoint this command did not write (each command
+marks its own output: IMPORT_MARKER, EXPORT_MARKER).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -28,7 +33,7 @@ from slmkit.interop.hf_state import state_from_hf, state_to_hf, tensor_map
 from slmkit.model.checkpoint import load_state, write_checkpoint
 from slmkit.rundir import resolve_checkpoint_dir
 from slmkit.tokenizer import MANIFEST, load_tokenizer
-from slmkit.utils import atomic_dir
+from slmkit.utils import atomic_dir, check_replaceable, megabytes, output_errors, write_marker
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf", "export_hf", "hf_family", "import_hf",
            "read_hf_config", "read_hf_weights", "state_from_hf", "state_to_hf", "tensor_map"]
@@ -40,6 +45,9 @@ SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_BIN = "pytorch_model.bin"
 PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+# The marks import-hf and export-hf leave in what they write, so that --force may replace it later.
+IMPORT_MARKER = ".slmkit-import-hf"
+EXPORT_MARKER = ".slmkit-export-hf"
 
 
 # -- reading an HF directory --------------------------------------------------------------------
@@ -132,21 +140,44 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     hf_config = read_hf_config(hf_dir)
     config = config_from_hf(hf_config)
-    _check_out_dir(out_dir, overwrite, source=hf_dir)
+    _check_out_dir(out_dir, overwrite, inputs=(hf_dir,), kind="an slmkit checkpoint (import-hf)",
+                   marker=IMPORT_MARKER)
     state = state_from_hf(read_hf_weights(hf_dir), config)
     tokenizer_files = {name: hf_dir / name for name in HF_TOKENIZER_FILES if (hf_dir / name).is_file()}
     source = {"format": "huggingface", "path": str(hf_dir.resolve()), "model_type": hf_config.get("model_type"),
               "architectures": hf_config.get("architectures")}
-    return write_checkpoint(out_dir, config, state, extra={"source": source}, extra_files=tokenizer_files)
+    with output_errors(out_dir, "the checkpoint", flag="OUT", needed=megabytes(_state_bytes(state))):
+        with _io_errors_as_os_errors(out_dir):
+            write_checkpoint(out_dir, config, state, extra={"source": source}, extra_files=tokenizer_files)
+        write_marker(out_dir, IMPORT_MARKER, "an slmkit checkpoint (import-hf)")
+    return out_dir
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool, source: Path) -> None:
-    if out_dir.exists() and out_dir.resolve() == source.resolve():
-        raise SlmError(f"output {out_dir} is the input directory; choose another output directory")
-    if out_dir.exists() and not overwrite:
+def _check_out_dir(out_dir: Path, overwrite: bool, inputs: tuple, kind: str, marker: str) -> None:
+    """SlmError unless `out_dir` is new, or `overwrite` is asked and `check_replaceable` allows it."""
+    if not os.path.lexists(out_dir):
+        return
+    check_replaceable(out_dir, inputs, kind=kind, marker=marker)
+    if not overwrite:
         raise SlmError(f"{out_dir} already exists; choose a new directory or pass --force to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SlmError(f"{out_dir} exists and is not a directory")
+
+
+@contextlib.contextmanager
+def _io_errors_as_os_errors(path: Path):
+    """safetensors reports a failed write (a full disk, a read-only folder) as SafetensorError naming the
+    "os error N"; raise it as the OSError it is, so that `output_errors` turns it into one clear line."""
+    try:
+        yield
+    except SafetensorError as error:
+        found = re.search(r"os error (\d+)", str(error))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def _state_bytes(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -159,18 +190,23 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite
     Returns `out_dir`. Raises SlmError (and writes nothing) when the checkpoint is missing or damaged,
     its config fits no HF architecture exactly, or `out_dir` exists without `overwrite`.
     """
-    ckpt_dir, out_dir = resolve_checkpoint_dir(ckpt_dir), Path(out_dir)
+    given, out_dir = Path(ckpt_dir), Path(out_dir)
+    ckpt_dir = resolve_checkpoint_dir(given)
     config, state, _ = load_state(ckpt_dir)
     dtype = str(state["embed.weight"].dtype).removeprefix("torch.") if "embed.weight" in state else "float32"
     hf_config = config_to_hf(config, dtype=dtype)
     hf_state = state_to_hf(state, config)
-    _check_out_dir(out_dir, overwrite, source=ckpt_dir)
-    with atomic_dir(out_dir) as tmp:
-        save_file(hf_state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
+    # The run directory given counts as an input too: OUT may be neither the run, nor its parent.
+    _check_out_dir(out_dir, overwrite, inputs=(given, ckpt_dir), kind="an HF export", marker=EXPORT_MARKER)
+    with output_errors(out_dir, "the Hugging Face model", flag="OUT", needed=megabytes(_state_bytes(hf_state))), \
+            atomic_dir(out_dir) as tmp:
+        with _io_errors_as_os_errors(tmp / SAFETENSORS):
+            save_file(hf_state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
         for key, value in _export_tokenizer(ckpt_dir, tmp).items():
             if hf_config.get(key) is None:  # ids recorded at import win over the tokenizer's
                 hf_config[key] = value
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        write_marker(tmp, EXPORT_MARKER, "an HF export")
     return out_dir
 
 
