@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -124,13 +125,14 @@ def check_completions(tasks: Sequence[CodeTask], completions: Mapping[str, Seque
             if status is None:
                 job_of[len(jobs)] = len(checks) - 1
                 jobs.append((program, task.test, task.entry_point))
-    done = 0
+    done, lock = 0, threading.Lock()
 
-    def progress(_, __):
+    def progress(_, __):  # called from the sandbox's worker threads
         nonlocal done
-        done += 1
-        if on_progress is not None:
-            on_progress(done, len(jobs))
+        with lock:
+            done += 1
+            if on_progress is not None:
+                on_progress(done, len(jobs))
 
     for index, result in enumerate(run_many(jobs, limits, workers, on_result=progress)):
         check = checks[job_of[index]]

@@ -68,10 +68,12 @@ class SandboxLimits:
     wall_seconds: real time, counted from the start of the interpreter; the process group is killed.
     memory_bytes: the address space (RLIMIT_AS); an allocation past it raises MemoryError.
     file_size_bytes: the largest file the program may write (inside its working directory).
+    The defaults leave the suite's solutions (milliseconds each) a wide margin while an infinite
+    loop costs at most 2 s of one CPU.
     """
 
-    cpu_seconds: int = 5
-    wall_seconds: float = 20.0
+    cpu_seconds: int = 2
+    wall_seconds: float = 10.0
     memory_bytes: int = 512 * 2**20
     file_size_bytes: int = 16 * 2**20
 
