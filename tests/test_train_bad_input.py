@@ -99,3 +99,19 @@ def test_run_directory_defaults_to_runs_slash_the_model_name(tmp_path, data_dir,
     second = train(data_dir, overrides=overrides, quiet=True, report=False)
     assert (first.run_dir, second.run_dir) == (Path("runs/tiny"), Path("runs/tiny-2"))
     assert (tmp_path / "runs" / "tiny-2" / "config.json").is_file()
+
+
+def test_overwrite_replaces_a_run_but_never_an_input_or_a_folder_of_runs(tmp_path, data_dir):
+    runs = tmp_path / "runs"
+    first = runs / "first"
+    train(data_dir, first, overrides=tiny_overrides(data_dir, max_steps=2, eval_interval=0), quiet=True,
+          report=False)
+    before = sorted(p.name for p in runs.iterdir())
+    with pytest.raises(SlmError, match=f"will not replace {runs}: it holds"):
+        train(data_dir, runs, overrides=tiny_overrides(data_dir, max_steps=2), overwrite=True, quiet=True)
+    with pytest.raises(SlmError, match=rf"will not replace {data_dir}: it is the input"):
+        train(data_dir, data_dir, overrides=tiny_overrides(data_dir, max_steps=2), overwrite=True, quiet=True)
+    assert sorted(p.name for p in runs.iterdir()) == before and (data_dir / "meta.json").is_file()
+    result = train(data_dir, first, overrides=tiny_overrides(data_dir, max_steps=3, eval_interval=0),
+                   overwrite=True, quiet=True, report=False)  # a run itself may be replaced
+    assert result.step == 3

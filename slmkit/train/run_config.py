@@ -31,6 +31,7 @@ from slmkit.rundir import (
 from slmkit.train.checkpointer import STATE_FILE, architecture_differences
 from slmkit.train.config import TrainConfig
 from slmkit.train.distributed import world_size_from_environment
+from slmkit.utils import check_replaceable
 
 
 @dataclass(frozen=True)
@@ -244,9 +245,21 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
         if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
             raise SlmError(f"run directory {run_dir} already exists; pass --overwrite to replace it, "
                            f"or --resume {run_dir} to continue it")
+        if overwrite:  # --overwrite replaces a run, never an input, a dataset or a folder of runs
+            check_replaceable(run_dir, inputs=(dataset.dir, init_dir), kind="a training run", marker=".slmkit-run",
+                              legacy_output=_is_run(run_dir))
     return RunConfig(model=model_config, train=train_config, data_dir=dataset.dir.resolve(), run_dir=run_dir,
                      seq_len=seq_len, tokens_per_step=tokens_per_step, world_size=world_size, data_identity=identity,
                      resume_from=resume_dir, init_from=init_dir, overwrite=overwrite)
+
+
+def _is_run(path: Path) -> bool:
+    """Whether `path` is a run directory (its config.json is a run config)."""
+    try:
+        read_run_config(path)
+        return True
+    except SlmError:
+        return False
 
 
 def _same_network(source: ModelConfig, given: ModelConfig | None, message: str) -> ModelConfig:
