@@ -14,6 +14,7 @@ import ctypes.util
 import functools
 import math
 import os
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -274,3 +275,15 @@ def measure_matmul_peak(dtype: torch.dtype = torch.float32, device: str = "cpu",
             sync()
             fastest = min(fastest, time.perf_counter() - start)
     return 2 * size**3 / fastest / 1e9
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), for labelling measured figures."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -51,6 +51,14 @@ def dataclass_from_dict(cls, values: dict, where: str):
     return cls(**values)
 
 
+def cache_dir() -> Path:
+    """slmkit's cache (downloads, measured machine figures): $SLMKIT_CACHE, else $XDG_CACHE_HOME/slmkit,
+    else ~/.cache/slmkit."""
+    if os.environ.get("SLMKIT_CACHE"):
+        return Path(os.environ["SLMKIT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "slmkit"
+
+
 def affinity_cpus() -> int:
     """CPUs in this process's affinity mask (all the machine's where there is no such mask). Here rather
     than in slmkit.runtime, which imports torch: prepare counts CPUs without loading torch (about 2 s)."""

@@ -134,3 +134,18 @@ def test_busy_cpu_seconds_reads_the_busy_fields_of_the_watched_cpus(tmp_path):
 def test_measured_matmul_peak_is_a_positive_rate():
     peak = runtime.measure_matmul_peak(torch.float32, "cpu", size=256, seconds=0.05)
     assert peak > 0.1  # GFLOP/s
+
+
+def test_the_cpu_peak_for_mfu_is_measured_once_cached_and_named_with_its_source(tmp_path, monkeypatch):
+    from slmkit.train import device
+
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(runtime, "measure_matmul_peak", lambda dtype, dev: calls.append(dtype) or 123.0)
+    setup = device.setup_device("cpu", "fp32")
+    first, first_source = device.peak_flops(setup)
+    second, second_source = device.peak_flops(setup)
+    assert first == second == 123.0e9 and len(calls) == 1  # the second run divides by the same figure
+    assert "measured on this machine now" in first_source and "measured on this machine on" in second_source
+    assert str(tmp_path / "peak_flops.json") in second_source
+    assert device.peak_flops(setup, configured_tflops=2.0) == (2.0e12, "train.peak_tflops")

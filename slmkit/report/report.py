@@ -45,6 +45,11 @@ def build_report(run_dir: str | Path) -> str:
     wall = max((e.get("time", 0.0) for e in events), default=None)
     rates = [e["tokens_per_s"] for e in train[1:] if e.get("tokens_per_s")]  # the first includes start-up
     mfus = [e["mfu"] for e in train[1:] if e.get("mfu") is not None]
+    if mfus:
+        source = config.get("peak_flops_source")
+        mfu_text = f"{100 * statistics.median(mfus):.1f}%" + (f" (peak: {source})" if source else "")
+    else:
+        mfu_text = "n/a (peak FLOP/s of this device unknown; set train.peak_tflops)"
     best = min(evals, key=lambda e: e["val_loss"]) if evals else None
     final = evals[-1] if evals else None
     status = ends[-1]["event"] if ends else "running or killed"
@@ -83,7 +88,7 @@ def build_report(run_dir: str | Path) -> str:
         f"| device | {config.get('device')}, {config.get('precision')}"
         f"{', compiled' if config.get('compile') else ''} |",
         f"| throughput | {_number(statistics.median(rates), 0) if rates else 'n/a'} tokens/s (median) |",
-        f"| MFU | {f'{100 * statistics.median(mfus):.1f}%' if mfus else 'n/a (peak FLOP/s of this device unknown; set train.peak_tflops)'} |",
+        f"| MFU | {mfu_text} |",
     ]
     if config.get("init_from"):
         lines.append(f"| initialised from | `{config['init_from']}` |")

@@ -7,15 +7,20 @@ newer, CPUs with AVX512-BF16 or AMX), fp16 with a gradient scaler on older GPUs,
 from __future__ import annotations
 
 import contextlib
+import json
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from slmkit import runtime
 from slmkit.errors import SlmError
+from slmkit.utils import cache_dir, write_json_atomic
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
+PEAK_CACHE = "peak_flops.json"  # in slmkit's cache: measured matmul peaks, one per machine and setting
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of common GPUs, for MFU.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0, "L40S": 362.0,
                    "4090": 165.0, "3090": 71.0, "V100": 125.0, "T4": 65.0, "A6000": 155.0}
@@ -112,23 +117,48 @@ def setup_device(name: str = "auto", precision: str = "auto", local_rank: int | 
     return DeviceSetup(device, chosen, description)
 
 
-def peak_flops(setup: DeviceSetup, configured_tflops: float | None = None) -> float | None:
-    """Peak FLOP/s of one device in the run's precision, for MFU; None when unknown.
+def peak_flops(setup: DeviceSetup, configured_tflops: float | None = None) -> tuple[float | None, str]:
+    """(peak FLOP/s of one device in the run's precision, where that figure comes from), for MFU;
+    (None, why) when unknown.
 
     train.peak_tflops when set; a known GPU's datasheet peak (the usual MFU convention); otherwise
-    the matmul peak measured on this machine by slmkit.runtime (a CPU's honest denominator).
+    the matmul peak measured on this machine (a CPU's honest denominator), measured once per CPU
+    model, dtype, thread count and torch version and kept in slmkit's cache, so that two runs on one
+    machine divide by the same figure.
     """
     if configured_tflops:
-        return configured_tflops * 1e12
+        return configured_tflops * 1e12, "train.peak_tflops"
+    dtype = setup.autocast_dtype or torch.float32
     if setup.device.type == "cuda":
         name = torch.cuda.get_device_name(setup.device)
         for key, tflops in GPU_PEAK_TFLOPS.items():
             if key in name:
                 # TF32 tensor cores run at about half the bf16 rate
-                return tflops * 1e12 * (1.0 if setup.precision != "fp32" else 0.5)
+                scale = 1.0 if setup.precision != "fp32" else 0.5
+                return tflops * 1e12 * scale, f"datasheet peak of the {key} ({setup.precision})"
+    if setup.device.type != "cpu":
+        return None, f"unknown for {setup.device}; set train.peak_tflops"
+    key = f"{runtime.cpu_model()} | {str(dtype).removeprefix('torch.')} | {torch.get_num_threads()} threads | " \
+          f"torch {torch.__version__}"
+    path = cache_dir() / PEAK_CACHE
+    cached = _read_json(path)
+    if key in cached:
+        return float(cached[key]["flops"]), f"matmul peak measured on this machine on {cached[key]['date']} ({key}; {path})"
     with torch.random.fork_rng(devices=[]):  # the measurement draws random matrices; keep the run's stream
-        gflops = runtime.measure_matmul_peak(setup.autocast_dtype or torch.float32, str(setup.device))
-    return float(gflops) * 1e9 if gflops else None
+        flops = float(runtime.measure_matmul_peak(dtype, str(setup.device))) * 1e9
+    cached[key] = {"flops": flops, "date": time.strftime("%Y-%m-%d")}
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs a measurement next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, cached)
+    return flops, f"matmul peak measured on this machine now ({key}; kept in {path})"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def configure_training_threads(threads: int | str, device: torch.device, world_size: int = 1,

@@ -77,7 +77,7 @@ class TrainResult:
 
 
 def run_record(run: RunConfig, meta: dict, parameters: int, dist, setup, flops_per_token: float,
-               peak_flops: float | None) -> dict:
+               peak_flops: float | None, peak_flops_source: str = "") -> dict:
     """The run's config.json: the resolved configs plus what was measured or chosen at start (the
     device, the precision, FLOPs per token and the peak they are measured against)."""
     return {
@@ -97,6 +97,7 @@ def run_record(run: RunConfig, meta: dict, parameters: int, dist, setup, flops_p
         "compile": run.train.compile,
         "flops_per_token": flops_per_token,
         "peak_flops": peak_flops,
+        "peak_flops_source": peak_flops_source,
     }
 
 

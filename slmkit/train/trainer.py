@@ -82,7 +82,7 @@ class Trainer:
         self.evaluator = Evaluator(self.dataset, run.seq_len, config.eval_batch_size or config.batch_size,
                                    config.eval_batches, self.setup, self.dist, shard=not sharded)
         self.flops_per_token = model_stats(run.model, context=run.seq_len).training_flops_per_token
-        self.peak = peak_flops(self.setup, config.peak_tflops)
+        self.peak, self.peak_source = peak_flops(self.setup, config.peak_tflops)
         self.reporter = Reporter(self.is_main, quiet, self.flops_per_token, self.peak, self.dist.world_size)
         self.stop = StopSignals(announce=self.is_main and not quiet)
         self.state = TrainState()
@@ -320,7 +320,7 @@ class Trainer:
     def run_record(self) -> dict:
         """The fully resolved configuration, as saved in the run directory's config.json."""
         return run_record(self.run_config, self.dataset.meta, self.model.num_parameters(), self.dist, self.setup,
-                          self.flops_per_token, self.peak)
+                          self.flops_per_token, self.peak, self.peak_source)
 
     def dataset_tokenizer(self):
         """The dataset's tokenizer, or None when it has no tokenizer files."""
