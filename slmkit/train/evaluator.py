@@ -2,7 +2,8 @@
 honest-number warnings that watch those figures over a run.
 
 It needs a model, a dataset and a few sizes, not a trainer: the trainer calls it at each evaluation,
-and the evaluation commands use it on their own.
+and the evaluation commands use it on their own. The scoring itself (summed loss and counted tokens
+over batches of windows) is `slmkit.eval.scoring.score_batches`, which `slm eval` uses too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from slmkit.data.loader import bits_per_byte
 from slmkit.errors import SlmError
+from slmkit.eval.scoring import evaluation_mode, score_batches
 from slmkit.train import distributed
 from slmkit.train.device import DeviceSetup
 from slmkit.train.loss import language_model_loss
@@ -49,28 +51,16 @@ class Evaluator:
     history: list[dict] = field(default_factory=list)  # every evaluation so far (for the warnings)
     warned: set[str] = field(default_factory=set)  # warning kinds already given (once per run)
 
-    @torch.no_grad()
     def split_loss(self, model, split: str) -> float:
         """Mean loss in nats per token on the fixed sample of `split`; the model is left in the
         mode it was in."""
         shard = self.shard and self.dist.enabled
-        device = self.setup.device
-        totals = torch.zeros(2, device=device,  # MPS has no float64
-                             dtype=torch.float32 if device.type == "mps" else torch.float64)
-        was_training = model.training
-        model.eval()
-        try:
-            for index, (x, y) in enumerate(self.dataset.eval_batches(split, self.batch_size, self.seq_len,
-                                                                     self.batches)):
-                if shard and index % self.dist.world_size != self.dist.rank:
-                    continue
-                x, y = x.to(device), y.to(device)
-                with self.setup.autocast():
-                    loss = language_model_loss(model, x, y, reduction="sum")
-                totals[0] += loss.to(totals.dtype)
-                totals[1] += (y != -1).sum()
-        finally:
-            model.train(was_training)
+        batches = self.dataset.eval_batches(split, self.batch_size, self.seq_len, self.batches)
+        if shard:
+            batches = (batch for index, batch in enumerate(batches) if index % self.dist.world_size == self.dist.rank)
+        with evaluation_mode(model):
+            totals = score_batches(lambda x, y: language_model_loss(model, x, y, reduction="sum"), batches,
+                                   self.setup.device, self.setup.autocast)
         if shard:
             distributed.all_reduce_sum(totals, self.dist)
         if totals[1].item() == 0:
@@ -83,13 +73,8 @@ class Evaluator:
         """Whether `model` gives finite logits on the first validation window (one row: cheap), the
         test a checkpoint must pass before it is saved as good."""
         x, _ = next(iter(self.dataset.eval_batches("val", 1, self.seq_len, 1)))
-        was_training = model.training
-        model.eval()
-        try:
-            with self.setup.autocast():
-                logits = model(x.to(self.setup.device))
-        finally:
-            model.train(was_training)
+        with evaluation_mode(model), self.setup.autocast():
+            logits = model(x.to(self.setup.device))
         return bool(torch.isfinite(logits).all())
 
     def evaluate(self, model, step: int, tokens: int) -> dict:
