@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import slmkit
 from slmkit.cli import main
+from slmkit.errors import SlmError
 from slmkit.generate import GenerationConfig, generate, model_tokenizer
 from slmkit.model import ModelConfig, Transformer, save_model
 from slmkit.tokenizer import train_tokenizer
@@ -25,6 +29,37 @@ def checkpoint(tmp_path_factory):
     directory = save_model(Transformer(config), tmp_path_factory.mktemp("run") / "checkpoints" / "best")
     tokenizer.save(directory)
     return directory.parent.parent  # the run directory: best is picked
+
+
+def slm(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """The `slm` command as a user runs it: a process of its own, its output and status."""
+    command = Path(sys.executable).with_name("slm")
+    argv = [str(command)] if command.exists() else [sys.executable, "-m", "slmkit"]
+    return subprocess.run(argv + list(args), input=stdin, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def broken_run(tmp_path_factory):
+    """A run whose best checkpoint gives NaN logits (every weight NaN) beside a sound step-10 checkpoint."""
+    tokenizer = train_tokenizer([TEXT], "char")
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, context_length=64, n_layers=2, d_model=32, n_heads=4,
+                         d_mlp=64, init_std=0.3, tie_embeddings=False)
+    model = Transformer(config)
+    run = tmp_path_factory.mktemp("broken")
+    tokenizer.save(save_model(model, run / "checkpoints" / "step-10"))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    tokenizer.save(save_model(model, run / "checkpoints" / "best"))
+    return run
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    """The one line a failed command printed on stderr (asserting there is exactly one, no traceback)."""
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: ")
+    return done.stderr.strip()
 
 
 def test_load_returns_a_model_that_generates_from_text_with_its_tokenizer(checkpoint):
@@ -88,3 +123,63 @@ def test_bad_flags_print_an_error_without_traceback(checkpoint, capsys):
     assert main(["generate", str(checkpoint), "--prompt", "x", "--num-beams", "2", "--temperature", "0.7"]) == 2
     assert "num_beams = 2 with temperature = 0.7" in capsys.readouterr().err
     assert main(["generate", str(checkpoint) + "-missing", "--prompt", "x"]) == 2
+
+
+def test_generate_on_a_model_with_non_finite_logits_says_so_in_one_line(broken_run):
+    done = slm("generate", str(broken_run), "--prompt", "the cat")
+    line = one_error_line(done)
+    best = broken_run / "checkpoints" / "best"
+    assert done.returncode == 2 and done.stdout == ""  # not even the prompt
+    assert line.startswith(f"error: the model in {best} gives non-finite logits (NaN or infinity)")
+    assert f"an earlier checkpoint of its run (e.g. {broken_run / 'checkpoints' / 'step-N'})" in line
+    assert "lower learning rate" in line
+    assert slm("generate", str(broken_run / "checkpoints" / "step-10"), "--prompt", "the cat",
+               "--max-new-tokens", "5").returncode == 0  # the advice works
+
+
+def test_chat_on_a_model_with_non_finite_logits_says_so_in_one_line(broken_run):
+    done = slm("chat", str(broken_run), stdin="the cat\n")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "gives non-finite logits" in one_error_line(done)
+
+
+def test_generate_prints_no_prompt_before_an_error(checkpoint):
+    done = slm("generate", str(checkpoint), "--prompt", "the 🙂 café")  # 🙂 is not in the character vocabulary
+    assert done.returncode == 2 and done.stdout == ""
+    assert "characters not in the" in one_error_line(done)
+    done = slm("generate", str(checkpoint), "--prompt", "the cat " * 10, "--overflow", "refuse")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "exceeds the model context of 64 tokens" in one_error_line(done)
+
+
+def test_an_error_in_the_middle_of_streaming_starts_on_a_line_of_its_own(tmp_path):
+    tokenizer = train_tokenizer([TEXT], "char")
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, context_length=64, n_layers=2, d_model=32, n_heads=4,
+                         d_mlp=64, init_std=0.3, family="gpt2", position="learned", norm="layernorm")
+    model = Transformer(config)
+    with torch.no_grad():
+        model.pos_embed.weight[20].fill_(float("nan"))  # logits turn NaN once position 20 is read
+    directory = save_model(model, tmp_path / "ckpt")
+    tokenizer.save(directory)
+    done = slm("generate", str(directory), "--prompt", "the cat", "--max-new-tokens", "40", "--ignore-eot",
+               "--preset", "greedy")
+    assert done.returncode == 2 and "gives non-finite logits" in one_error_line(done)
+    expected = generate(slmkit.load(directory), "the cat", "greedy", max_new_tokens=20 - 7 + 1, ignore_eot=True)
+    assert done.stdout == "the cat" + expected.text + "\n"  # the tokens made before position 20
+
+
+def test_a_prompt_longer_than_the_context_warns_in_one_line(checkpoint):
+    done = slm("generate", str(checkpoint), "--prompt", "the cat " * 10, "--max-new-tokens", "3")
+    assert done.returncode == 0 and done.stdout.startswith("the cat ")
+    assert done.stderr == "warning: prompt of 80 tokens is longer than the model context of 64; keeping its last 64 tokens\n"
+
+
+def test_a_model_without_a_tokenizer_asks_for_the_tokenizer_flag(tmp_path):
+    config = ModelConfig(vocab_size=40, context_length=32, n_layers=1, d_model=16, n_heads=2, d_mlp=32)
+    directory = save_model(Transformer(config), tmp_path / "no-tokenizer")
+    done = slm("generate", str(directory), "--prompt", "the cat")
+    line = one_error_line(done)
+    assert done.returncode == 2 and "pass --tokenizer SPEC" in line and "tokenizer=" not in line
+    with pytest.raises(SlmError, match=r"pass tokenizer= \(e.g. slmkit.tokenizer.load_tokenizer"):
+        generate(slmkit.load(directory), "the cat")  # the Python API names its own argument

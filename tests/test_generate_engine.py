@@ -3,6 +3,7 @@ penalties, stops, streaming, context overflow, special tokens and bad input."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -407,3 +408,46 @@ def test_compiled_decode_step_gives_the_same_tokens():
         config = greedy(max_new_tokens=10)
         assert [g.tokens for g in generate(model, prompts, config, compile=True)] == \
                [g.tokens for g in generate(model, prompts, config)]
+
+
+# -- a model whose logits are not finite ----------------------------------------------------------
+DECODING = {
+    "greedy": GenerationConfig(temperature=0.0),
+    "sampling": GenerationConfig(temperature=1.0, seed=0),
+    "sampling, top-k": GenerationConfig(temperature=0.8, top_k=5, seed=0),
+    "beam search": GenerationConfig(temperature=0.0, num_beams=3),
+}
+
+
+def damaged(family: str, **weights) -> Transformer:
+    """A copy of tiny(family) with `weights` (name -> (index, value)) written into its parameters."""
+    model = copy.deepcopy(tiny(family))
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, (index, value) in weights.items():
+            parameters[name][index] = value
+    return model
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("mode", list(DECODING))
+def test_a_model_with_non_finite_logits_is_refused_before_any_token(mode, value):
+    model = damaged("llama", **{"lm_head.weight": (7, value)})  # the logit of token 7 is NaN or infinite
+    made = []
+    with pytest.raises(SlmError, match=r"^the model gives non-finite logits \(NaN or infinity\).*lower learning rate"):
+        generate(model, ids(30, 6), DECODING[mode].replace(max_new_tokens=5), on_token=lambda row, t: made.append(t))
+    assert made == []
+    assert len(generate(tiny("llama"), ids(30, 6), DECODING[mode].replace(max_new_tokens=5)).tokens) > 0
+
+
+@pytest.mark.parametrize("mode", list(DECODING))
+def test_logits_that_turn_non_finite_mid_generation_are_refused_at_that_step(mode):
+    # A learned position embedding that is NaN at position 12: the prefill of a 6-token prompt and the
+    # steps reading positions 6..11 are sound, the step reading position 12 is not.
+    model = damaged("gpt2", **{"pos_embed.weight": (12, float("nan"))})
+    config = DECODING[mode].replace(max_new_tokens=20, ignore_eot=True)
+    made = []
+    with pytest.raises(SlmError, match="non-finite logits"):
+        generate(model, ids(31, 6), config, on_token=lambda row, t: made.append(t))
+    if config.num_beams == 1:
+        assert made == generate(model, ids(31, 6), config.replace(max_new_tokens=12 - 6 + 1)).tokens

@@ -7,7 +7,10 @@ line stays a table of contents and the logic lives in the API.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import warnings
 
 from slmkit import __version__
 from slmkit.cli import data, generate, interop, model, train
@@ -28,20 +31,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Disk faults that are the user's to fix, not bugs: what to do about each. An OSError with another
+# errno, or one of the last two without a path, is a bug and keeps its traceback.
+DISK_FAULTS = {
+    errno.ENOSPC: ("cannot write", "free some space or choose a location on another disk"),
+    errno.EDQUOT: ("cannot write", "free space within your quota or choose another location"),
+    errno.EROFS: ("cannot write", "choose a writable location"),
+    errno.EACCES: ("cannot access", "check its permissions or choose a location you can write to"),
+    errno.EPERM: ("cannot access", "check its permissions or choose a location you can write to"),
+}
+
+
+def disk_fault_message(error: OSError) -> str | None:
+    """The one line for an OSError that is a disk fault (full, over quota, read-only, no permission),
+    or None for any other OSError."""
+    if error.errno not in DISK_FAULTS:
+        return None
+    action, remedy = DISK_FAULTS[error.errno]
+    if error.filename is None:
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return None  # a refused operation that names no file is not a disk fault
+        return f"{action}: {error.strerror}; {remedy}"
+    return f"{action} {os.fsdecode(error.filename)}: {error.strerror}; {remedy}"
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _stdout_gone() -> None:
+    """The reader of our output has gone (`slm ... | head`): send what is left to /dev/null, so the
+    interpreter's last flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one `slm` command; the exit status: 0 done, 2 a user error (one line, no traceback), 1 a
+    disk fault (one line), 130 interrupted, 141 the output pipe was closed (as SIGPIPE would)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()
         return 0 if args.command is None else 2
     try:
-        result = args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _print_warning  # one `warning: ...` line, not Python's source line
+            result = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here rather than at exit
     except SlmError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        _stdout_gone()
+        return 141
+    except OSError as error:
+        message = disk_fault_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -71,13 +71,17 @@ def generation_config(args) -> api.GenerationConfig:
     return api.resolve_config(preset, **given_options(api.GenerationConfig, args))
 
 
+# What a command-line user does when the checkpoint has no tokenizer (the API's own text names tokenizer=).
+TOKENIZER_REMEDY = "pass --tokenizer SPEC (gpt2, or a directory holding the tokenizer the model was trained with)"
+
+
 def _load(args):
     """(model, tokenizer, GenerationConfig) from the parsed flags."""
     model = api.load(args.model, device=args.device, dtype=args.dtype)
     if args.tokenizer:
         tokenizer = api.load_tokenizer(args.tokenizer)
     else:
-        tokenizer = api.model_tokenizer(model, required=True)
+        tokenizer = api.model_tokenizer(model, required=True, remedy=TOKENIZER_REMEDY)
     return model, tokenizer, generation_config(args)
 
 
@@ -86,16 +90,45 @@ def _print_piece(row: int, text: str) -> None:
     sys.stdout.flush()
 
 
+class _StreamAfterStart:
+    """Streaming output that writes the prompt only once generation has started (its first token or
+    text), so an error found before then (a refused prompt, a broken model) is not preceded by it; an
+    error after it starts on a line of its own."""
+
+    def __init__(self, prompt: str):
+        self.prompt = prompt
+        self.started = False
+
+    def start(self, *_) -> None:
+        if not self.started:
+            self.started = True
+            sys.stdout.write(self.prompt)
+            sys.stdout.flush()
+
+    def on_text(self, row: int, text: str) -> None:
+        self.start()
+        _print_piece(row, text)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None and self.started and isinstance(error, (SlmError, KeyboardInterrupt)):
+            sys.stdout.write("\n")  # the error message starts on a line of its own
+            sys.stdout.flush()
+
+
 def _generate(args) -> int:
     model, tokenizer, config = _load(args)
     stream = args.stream and config.num_beams == 1 and config.num_return_sequences == 1
     if stream:
-        sys.stdout.write(args.prompt)
-    result = api.generate(model, args.prompt, config, tokenizer=tokenizer,
-                          skip_special_tokens=not args.show_special, on_text=_print_piece if stream else None)
-    if stream:
+        with _StreamAfterStart(args.prompt) as output:
+            api.generate(model, args.prompt, config, tokenizer=tokenizer, skip_special_tokens=not args.show_special,
+                         on_text=output.on_text, on_token=output.start)
+        output.start()
         sys.stdout.write("\n")
         return 0
+    result = api.generate(model, args.prompt, config, tokenizer=tokenizer, skip_special_tokens=not args.show_special)
     results = result if isinstance(result, list) else [result]
     for rank, item in enumerate(results, 1):
         if len(results) > 1:
@@ -130,8 +163,9 @@ def _chat(args) -> int:
             print("(transcript cleared)")
             continue
         transcript += line
-        result = api.generate(model, transcript, config.replace(overflow="slide"), tokenizer=tokenizer,
-                              skip_special_tokens=not args.show_special, on_text=_print_piece)
+        with _StreamAfterStart("") as reply:
+            result = api.generate(model, transcript, config.replace(overflow="slide"), tokenizer=tokenizer,
+                                  skip_special_tokens=not args.show_special, on_text=reply.on_text)
         sys.stdout.write("\n")
         sys.stdout.flush()
         transcript += result.text

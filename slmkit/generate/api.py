@@ -31,11 +31,13 @@ def resolve_config(config: GenerationConfig | str | None = None, **overrides) ->
     return config.replace(**overrides) if overrides else config.validate()
 
 
-def model_tokenizer(model, required: bool = False):
+def model_tokenizer(model, required: bool = False,
+                    remedy: str = 'pass tokenizer= (e.g. slmkit.tokenizer.load_tokenizer("gpt2")) or give token ids'):
     """The tokenizer saved with the model's checkpoint, or None.
 
     Read from `model.checkpoint_dir` (set by `load_model`) at each call, which costs milliseconds;
-    callers that generate repeatedly pass tokenizer= instead.
+    callers that generate repeatedly pass tokenizer= instead. required: raise SlmError when there is
+    none, ending with `remedy` (what the caller can do; the command line names its --tokenizer flag).
     """
     directory = getattr(model, "checkpoint_dir", None)
     if directory is not None:
@@ -45,12 +47,10 @@ def model_tokenizer(model, required: bool = False):
             return load_tokenizer(directory)
         except (ImportError, SlmError) as error:
             if required:
-                raise SlmError(f"cannot load the tokenizer saved with {directory}: {error}; pass "
-                               f"tokenizer= (e.g. load_tokenizer(\"gpt2\")) or give token ids") from None
+                raise SlmError(f"cannot load the tokenizer saved with {directory}: {error}; {remedy}") from None
             return None
     if required:
-        raise SlmError("a text prompt needs a tokenizer: this model has none saved with it; pass "
-                       "tokenizer= (e.g. slmkit.tokenizer.load_tokenizer(\"gpt2\")) or give token ids")
+        raise SlmError(f"a text prompt needs a tokenizer: this model has none saved with it; {remedy}")
     return None
 
 

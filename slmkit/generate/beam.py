@@ -13,7 +13,15 @@ from __future__ import annotations
 
 import torch
 
-from slmkit.generate.engine import Decoder, Generation, StopChecker, left_pad, prefill, prepare_prompts
+from slmkit.generate.engine import (
+    Decoder,
+    Generation,
+    StopChecker,
+    left_pad,
+    non_finite_logits,
+    prefill,
+    prepare_prompts,
+)
 from slmkit.generate.sampling import NEG_INF, apply_penalties
 
 LARGE = 1.0e9
@@ -105,6 +113,10 @@ def beam_search(model, prompts: list[list[int]], config, *, eot_id: int | None =
         cache.reorder(cache_rows)
         logits = decoder.step(running[:, :, column - 1].reshape(-1, 1), cache, flat_pad)
 
+    # A NaN or infinite logit makes its row's log-probabilities NaN, which top-k ranks first and every
+    # later sum keeps: checked once here rather than at every step.
+    if bool(torch.isnan(running_scores).any() | torch.isnan(beam_scores).any()):
+        raise non_finite_logits(model)
     results = []
     for b in range(batch):
         ranked = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -50,12 +51,10 @@ def prepare_prompts(prompts: list[list[int]], config, context_length: int, eot_i
         needed = len(prompt) + config.max_new_tokens
         if needed > context_length:
             if config.overflow == "refuse" or not allow_slide:
-                raise SlmError(
-                    f"prompt of {len(prompt)} tokens + max_new_tokens {config.max_new_tokens} = {needed} "
-                    f"exceeds the model context of {context_length} tokens; shorten the prompt, lower "
-                    f"max_new_tokens, or use overflow='slide' (--overflow slide)"
-                    + (" (beam search cannot slide)" if not allow_slide else "")
-                )
+                fixes = ("shorten the prompt or lower max_new_tokens (beam search cannot slide)" if not allow_slide
+                         else "shorten the prompt, lower max_new_tokens, or use overflow='slide' (--overflow slide)")
+                raise SlmError(f"prompt of {len(prompt)} tokens + max_new_tokens {config.max_new_tokens} = {needed} "
+                               f"exceeds the model context of {context_length} tokens; {fixes}")
             if len(prompt) > context_length:
                 warnings.warn(
                     f"prompt of {len(prompt)} tokens is longer than the model context of {context_length}; "
@@ -82,9 +81,40 @@ def left_pad(rows: list[list[int]], width: int | None = None, fill: int = 0):
 
 def prefill(model, tokens: torch.Tensor, cache, pad_offsets: torch.Tensor | None) -> torch.Tensor:
     """Read prompts (B, T) into `cache`; the logits (B, V) of the last position only (the output head
-    over every position would cost as much as the rest of a short prefill)."""
+    over every position would cost as much as the rest of a short prefill). Raises SlmError when
+    they are not all finite (a damaged or diverged model)."""
     hidden = model(tokens, cache=cache, pad_offsets=pad_offsets, return_hidden=True)
-    return model.lm_head(hidden[:, -1])
+    logits = model.lm_head(hidden[:, -1])
+    if not bool(torch.isfinite(logits).all()):
+        raise non_finite_logits(model)
+    return logits
+
+
+def non_finite_logits(model) -> SlmError:
+    """The error for a model whose logits hold NaN or infinity, naming its checkpoint when known."""
+    directory = getattr(model, "checkpoint_dir", None)
+    directory = Path(directory) if directory is not None else None
+    where = f"the model in {directory}" if directory is not None else "the model"
+    if directory is not None and directory.parent.name == "checkpoints":
+        earlier = f"an earlier checkpoint of its run (e.g. {directory.parent / 'step-N'})"
+    else:
+        earlier = "an earlier checkpoint of its run (checkpoints/step-N)"
+    dtype = next(model.parameters()).dtype
+    half = " or load it in float32," if dtype in (torch.float16, torch.bfloat16) else ""
+    return SlmError(f"{where} gives non-finite logits (NaN or infinity), so it cannot generate: its weights are "
+                    f"damaged or its training diverged; use {earlier},{half} or retrain with a lower "
+                    f"learning rate (--set train.lr=...)")
+
+
+def chosen_tokens(scores: torch.Tensor, tokens: torch.Tensor, model) -> list[int]:
+    """`tokens` (B,) as a list, refusing a greedy choice whose score is NaN or +inf: argmax picks a NaN
+    or an infinity when there is one, so checking the chosen score checks the whole row; it rides on
+    the one read of the tokens that every step makes."""
+    chosen = scores.gather(1, tokens[:, None])[:, 0]
+    listed = torch.where(chosen < float("inf"), tokens, -1).tolist()  # NaN < inf is False too
+    if -1 in listed:
+        raise non_finite_logits(model)
+    return listed
 
 
 class Decoder:
@@ -266,10 +296,17 @@ def sample(model, prompts: list[list[int]], config, *, eot_id: int | None = None
             scores[:, pad_id] = NEG_INF  # a padding token is never emitted
         if uses_penalties:
             scores = apply_penalties(scores, history[:, :column], history_pad, width, config)
-        tokens = choose_tokens(scores, temperature_at(config, step), config, generators)
+        temperature = temperature_at(config, step)
+        try:
+            tokens = choose_tokens(scores, temperature, config, generators)
+        except RuntimeError as error:  # torch.multinomial checks the distribution it draws from
+            if "probability tensor contains" not in str(error):
+                raise
+            raise non_finite_logits(model) from None
+        listed = chosen_tokens(scores, tokens, model) if temperature == 0.0 else tokens.tolist()
         history[:, column] = tokens
         column += 1
-        for row, token in enumerate(tokens.tolist()):
+        for row, token in enumerate(listed):
             if not running[row]:
                 continue
             accept_token(states[row], token, stops, on_text and (lambda text, row=row: on_text(row, text)))
