@@ -245,6 +245,8 @@ def _bad_inputs(run, data_dir, text_file, tmp_path):
         "max tokens below a window": (lambda: evaluate_models([run], max_tokens=10, **FP32),
                                       "--max-tokens 10 is less than one window"),
         "not a run for --checkpoints": (lambda: evaluate_checkpoints(data_dir, **FP32), "not an slmkit run directory"),
+        "two runs for --checkpoints": (lambda: evaluate_checkpoints(run, texts=[run], **FP32),
+                                       "--checkpoints scores the checkpoints of one run; .* is a directory"),
     }
 
 

@@ -168,7 +168,7 @@ def find_model(path: str | os.PathLike) -> ModelSource:
     anything else, saying what was expected."""
     given = Path(path)
     if not given.exists():
-        raise SlmError(f"model not found: {given}")
+        raise SlmError(f"model not found: {given} (neither a model directory nor a text file)")
     if not given.is_dir():
         raise SlmError(f"{given} is a file, not a model directory; give an slmkit checkpoint or run, or a Hugging "
                        f"Face model directory")
@@ -321,6 +321,8 @@ class TextData:
 def read_texts(paths: Sequence[str | os.PathLike]) -> TextData:
     texts = []
     for path in map(Path, paths):
+        if path.is_dir():
+            raise SlmError(f"{path} is a directory, not a text file")
         if not path.is_file():
             raise SlmError(f"text file not found: {path}")
         try:
@@ -387,6 +389,10 @@ def evaluate_checkpoints(run_dir: str | os.PathLike, data: str | os.PathLike | N
     plots/ folder). Raises SlmError for a directory that is not a run or holds no checkpoint."""
     run_dir = Path(run_dir)
     read_run_config(run_dir)  # SlmError when it is not a run
+    others = [str(path) for path in texts if Path(path).is_dir()]
+    if others:
+        raise SlmError(f"--checkpoints scores the checkpoints of one run; {', '.join(others)} is a directory, not a "
+                       f"text file")
     found = [(f"step-{step}", path) for step, path in step_checkpoints(run_dir)]
     found += [(name, run_dir / CHECKPOINTS / name) for name in ("best", "last")
               if (run_dir / CHECKPOINTS / name / "config.json").is_file()]
