@@ -144,12 +144,40 @@ def test_a_damaged_training_state_is_refused_not_half_loaded(data_dir, tmp_path)
     train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=2, eval_interval=0), quiet=True, report=False)
     state = run / "checkpoints" / "last" / "training_state.pt"
     data = state.read_bytes()
-    state.unlink()  # best/ and step-N/ share the file by hard link: write a new one
     state.write_bytes(data[: len(data) // 2])
     before = (run / "metrics.jsonl").read_text()
     with pytest.raises(SlmError, match="training_state.pt does not match the hash .* truncated"):
         train(resume=run, overrides=["train.max_steps=4"], quiet=True)
     assert (run / "metrics.jsonl").read_text() == before
+
+
+class _RunsCodeWhenUnpickled:
+    marker = None
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_training_state_holding_objects_is_refused_in_one_line_and_never_run(data_dir, tmp_path):
+    import hashlib
+
+    import torch
+
+    run = tmp_path / "run"
+    train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=2, eval_interval=0), quiet=True, report=False)
+    last = run / "checkpoints" / "last"
+    payload = _RunsCodeWhenUnpickled()
+    payload.marker = tmp_path / "code-ran"
+    torch.save({"step": 2, "evil": payload}, last / "training_state.pt")
+    config = json.loads((last / "config.json").read_text())  # the hash updated too, as a tamperer would
+    config["training_state_sha256"] = hashlib.sha256((last / "training_state.pt").read_bytes()).hexdigest()
+    (last / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SlmError) as caught:
+        train(resume=run, overrides=["train.max_steps=4"], quiet=True)
+    message = str(caught.value)
+    assert message.startswith(f"refusing {last / 'training_state.pt'}: it holds ") and "could run code" in message
+    assert "\n" not in message and "weights_only" not in message and "--from step-N" in message
+    assert not payload.marker.exists()
 
 
 def test_resume_from_a_chosen_checkpoint_continues_exactly_from_it(data_dir, tmp_path):

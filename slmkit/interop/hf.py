@@ -97,10 +97,11 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _read_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unpickling refused"
-        raise SlmError(f"refusing {path}: it holds more than tensors and loading it could run code "
-                       f"({first_line}); convert it to safetensors with a trusted tool") from None
+    except pickle.UnpicklingError as error:  # weights_only refused an object: never load it
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        raise SlmError(f"refusing {path}: it holds {found.group(1) if found else 'an object'}, something other "
+                       f"than tensors, and loading it could run code; convert it to safetensors with a "
+                       f"trusted tool") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise SlmError(f"cannot read {path}: {str(error).splitlines()[0]}; the file is truncated or damaged, "
                        f"download it again") from None

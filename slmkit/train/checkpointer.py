@@ -18,7 +18,9 @@ import errno
 import json
 import math
 import os
+import pickle
 import random
+import re
 import shutil
 import tempfile
 import warnings
@@ -150,9 +152,16 @@ def load_training_state(directory: Path) -> dict:
                        f"modified; resume from another checkpoint (checkpoints/step-N)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unpickling failure means a damaged or foreign file
-        raise SlmError(f"cannot read {path}: {type(error).__name__}: {error}; the checkpoint is damaged, "
-                       f"resume from another one (checkpoints/step-N)") from None
+    except pickle.UnpicklingError as error:  # weights_only refused an object: never load it
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        raise SlmError(f"refusing {path}: it holds {found.group(1) if found else 'an object'}, something other "
+                       f"than tensors, and loading it could run code; resume from another checkpoint "
+                       f"(--resume RUN --from step-N), or start a new run from its weights with "
+                       f"--init-from {directory}") from None
+    except Exception as error:  # any other failure means a damaged file
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise SlmError(f"cannot read {path}: {type(error).__name__}: {first_line}; the checkpoint is damaged, "
+                       f"resume from another one (--resume RUN --from step-N)") from None
 
 
 def prune_step_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
