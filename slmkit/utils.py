@@ -22,9 +22,12 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from tqdm import tqdm
 
 from slmkit.errors import SlmError
 
@@ -49,6 +52,33 @@ def dataclass_from_dict(cls, values: dict, where: str):
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise SlmError(f"unknown key(s) in {where}: {', '.join(hints)}")
     return cls(**values)
+
+
+class _LineWriter:
+    """A stream for a progress bar whose output is a file or a pipe: each redraw becomes one plain
+    line (no carriage returns, no partial lines in CI logs)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").replace("\x1b[A", "").strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(total: float | None = None, desc: str = "", enabled: bool = True, **options) -> tqdm:
+    """A tqdm progress bar on stderr: redrawn in place on a terminal; elsewhere (a file, a pipe, a CI
+    log) a plain line every 30 s and at the end. `options` go to tqdm (unit, unit_scale, ...)."""
+    if not enabled:
+        return tqdm(total=total, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, smoothing=0.1, dynamic_ncols=True, **options)
+    return tqdm(total=total, desc=desc, file=_LineWriter(sys.stderr), mininterval=30, ascii=True, ncols=100,
+                **options)
 
 
 def cache_dir() -> Path:

@@ -123,3 +123,16 @@ def test_api_options_are_checked_by_name():
         prepare(["x"], "out", sed=1)
     with pytest.raises(SlmError, match="seed: prepare options that do not apply to tokenizer training"):
         train_tokenizer_on_sources(["x"], "bpe:500", seed=1)
+
+
+def test_progress_written_to_a_file_is_plain_lines_not_redrawn_bars(corpus_dir, tmp_path):
+    import subprocess
+    import sys
+
+    process = subprocess.run([sys.executable, "-m", "slmkit", "prepare", str(corpus_dir), "--tokenizer", "char",
+                              "--out", str(tmp_path / "ds")], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr
+    lines = process.stderr.splitlines()
+    assert "\r" not in process.stderr and "\x1b" not in process.stderr
+    assert any(line.startswith("prepare: 100%") for line in lines)
+    assert len(lines) <= 8  # a start and an end line per bar (plus one every 30 s), not one per redraw

@@ -13,12 +13,12 @@ from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from slmkit.data.documents import Documents, Scratch
 from slmkit.data.pool import Workers
 from slmkit.data.sources import Source
 from slmkit.errors import SlmError
+from slmkit.utils import progress_bar
 
 BATCH_BYTES = 256 << 10  # per task sent to a worker: small enough to balance the load at the end
 
@@ -36,8 +36,7 @@ def collect(sources: list[Source], is_val_source: list[bool], workers: Workers, 
     seen: set[bytes] = set()
     offset = 0
     start = time.perf_counter()
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not progress,
-               smoothing=0.1, dynamic_ncols=True)
+    bar = progress_bar(total_bytes, "prepare", progress, unit="B", unit_scale=True)
     # Validation sources first, so that a document in both keeps its validation copy.
     order = sorted(range(len(sources)), key=lambda i: not is_val_source[i])
     tasks = ((index, size, batch) for index in order for batch, size in _batches(sources[index], stats[index]))

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from slmkit.data.collect import BATCH_BYTES
 from slmkit.data.documents import Documents, Scratch
@@ -26,6 +25,7 @@ from slmkit.data.split import TRAIN
 from slmkit.errors import SlmError
 from slmkit.tokenizer import MANIFEST, CharTokenizer, Tokenizer, parse_spec, train_tokenizer
 from slmkit.tokenizer.base import MANIFEST_FORMAT
+from slmkit.utils import progress_bar
 
 TOKENIZER_MARKER = ".slmkit-tokenizer-train"  # the mark of a folder `slm tokenizer train` wrote
 TOKENIZER_FILES = (MANIFEST, "tokenizer.json")  # what a saved slmkit tokenizer's folder holds
@@ -127,8 +127,7 @@ def tokenize_documents(docs: Documents, dest: np.ndarray, tokenizer: Tokenizer, 
 
     total = int(docs.column("text_bytes")[kept].sum())
     offset = 0
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="tokenize", disable=not progress, smoothing=0.1,
-               dynamic_ncols=True)
+    bar = progress_bar(total, "tokenize", progress, unit="B", unit_scale=True)
     with bar, contextlib.closing(workers.map("tokenize", tasks(), tokenizer, dtype, bar)) as batches, \
             open(scratch.tokens, "wb") as token_file:
         for indices, results in batches:
