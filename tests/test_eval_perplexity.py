@@ -241,6 +241,8 @@ def _bad_inputs(run, data_dir, text_file, tmp_path):
                                       "context 64 is longer than .* 32 positions"),
         "dataset of another tokenizer": (lambda: evaluate_models([bpe_model], data=data_dir, context=16, **FP32),
                                          "differs from .*bpe-model's tokenizer 'bpe:300'"),
+        "fp16 on a CPU": (lambda: evaluate_models([run, text_file], precision="fp16", device="cpu", progress=False),
+                          "--precision = 'fp16' is not supported on CPU"),
         "dataset and text": (lambda: evaluate_models([run, text_file], data=data_dir, **FP32), "not both"),
         "max tokens below a window": (lambda: evaluate_models([run], max_tokens=10, **FP32),
                                       "--max-tokens 10 is less than one window"),

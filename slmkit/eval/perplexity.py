@@ -436,7 +436,11 @@ def _evaluate(sources: list[ModelSource], data, texts, *, context, stride, batch
                            f"use --context {source.max_context} or less")
     if max_tokens is not None and max_tokens < context + 1:
         raise SlmError(f"--max-tokens {max_tokens} is less than one window of context + 1 = {context + 1} tokens")
-    setup = setup_device(device, precision)
+    try:
+        setup = setup_device(device, precision)
+    except SlmError as error:  # its messages name the training options; here they are flags
+        raise SlmError(str(error).replace("train.device", "--device").replace("train.precision", "--precision")
+                       .replace("device=auto", "--device auto")) from None
     if texts:
         text_data, dataset = read_texts(texts), None
         described = text_data.describe()
