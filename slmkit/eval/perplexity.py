@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from slmkit.data.loader import bits_per_byte, open_dataset
 from slmkit.errors import SlmError
@@ -54,7 +53,7 @@ from slmkit.tokenizer import load_tokenizer
 from slmkit.train.device import setup_device
 from slmkit.train.evaluator import perplexity
 from slmkit.train.loss import language_model_loss, linear_cross_entropy
-from slmkit.utils import atomic_file, option, write_text_atomic
+from slmkit.utils import atomic_file, option, progress_bar, write_text_atomic
 
 BITS_PER_BYTE_NOTE = ("bits per byte compares models with different tokenizers; loss and perplexity are per token "
                       "of each model's own tokenizer and compare only models that share one")
@@ -482,7 +481,7 @@ def _evaluate(sources: list[ModelSource], data, texts, *, context, stride, batch
 def _score(scorer, source: ModelSource, ids, bytes_per_token, context, stride, batch_size, setup,
            progress) -> EvalResult:
     windows = count_windows(len(ids), context, stride)
-    with tqdm(total=windows, desc=source.path, unit="window", disable=None if progress else True, leave=False) as bar, \
+    with progress_bar(windows, source.path, enabled=progress, unit="window", leave=False) as bar, \
             evaluation_mode(scorer.model):
         start = time.perf_counter()
         totals = score_batches(scorer.loss, window_batches(ids, context, stride, batch_size), setup.device,
