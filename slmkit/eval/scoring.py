@@ -43,10 +43,9 @@ def check_window_settings(context: int, stride: int, batch_size: int = 1) -> Non
         raise SlmError(f"batch size {batch_size} must be at least 1")
 
 
-def stride_windows(n_tokens: int, context: int, stride: int, tail: bool = True) -> Iterator[tuple[int, int]]:
+def stride_windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[int, int]]:
     """(start, scored) of each window over `n_tokens` tokens: inputs start .. start + context - 1,
-    targets one token on, of which the last `scored` count. With tail=False the last window aligned to
-    the end is left out (the trainer's evaluation: whole windows of stride = context only)."""
+    targets one token on, of which the last `scored` count."""
     if n_tokens < context + 1:
         return
     yield 0, context
@@ -56,7 +55,7 @@ def stride_windows(n_tokens: int, context: int, stride: int, tail: bool = True) 
         yield start, stride
         last_scored = start + context
         start += stride
-    if tail and last_scored < n_tokens - 1:
+    if last_scored < n_tokens - 1:
         yield n_tokens - 1 - context, n_tokens - 1 - last_scored
 
 
