@@ -22,6 +22,8 @@ import torch
 from slmkit.config import load_model_config, presets_table
 from slmkit.data import PrepareOptions, open_dataset, prepare, train_tokenizer_on_sources
 from slmkit.errors import SlmError
+from slmkit.eval.perplexity import EvalOptions, EvalReport, EvalResult, evaluate_checkpoints, evaluate_models
+from slmkit.eval.status import RunStatus, format_status, run_status
 from slmkit.generate import PRESETS, GenerationConfig, generate, model_tokenizer, resolve_config, stream
 from slmkit.generate.config import OVERFLOW_POLICIES
 from slmkit.interop.hf import export_hf, import_hf
@@ -34,6 +36,8 @@ from slmkit.tokenizer import load_tokenizer
 from slmkit.train import TrainResult
 
 __all__ = [
+    "EvalOptions", "EvalReport", "EvalResult", "RunStatus", "evaluate_checkpoints", "evaluate_models", "format_status",
+    "run_status",
     "DTYPES", "GENERATION_PRESETS", "OVERFLOW_POLICIES", "GenerationConfig", "PrepareOptions", "QuickstartOptions", "TrainOptions",
     "TrainResult", "describe_model",
     "export_hf", "generate", "import_hf", "load", "load_tokenizer", "model_tokenizer", "open_dataset", "prepare",

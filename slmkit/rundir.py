@@ -123,7 +123,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
-                if owner is not None and _alive(owner):
+                if owner is not None and lock_owner_alive(owner):
                     raise SlmError(f"run {self.run_dir} is in use by process {owner['pid']} on {owner['host']} "
                                    f"(lock {self.path}); wait for it to finish or stop it first") from None
                 who = f"process {owner['pid']}" if owner else "an unreadable lock"
@@ -151,7 +151,7 @@ class RunLock:
             return None
 
 
-def _alive(owner: dict) -> bool:
+def lock_owner_alive(owner: dict) -> bool:
     """Whether the lock's owner still runs (a lock from another host is taken as alive)."""
     if owner.get("host") != socket.gethostname():
         return True

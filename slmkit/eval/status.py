@@ -30,7 +30,7 @@ from slmkit.rundir import (
     RUN_CONFIG,
     RUN_FORMAT,
     RunLock,
-    _alive,
+    lock_owner_alive,
     read_metrics,
     step_checkpoints,
 )
@@ -95,7 +95,7 @@ def status_of(run_dir: str | os.PathLike) -> RunStatus:
     owner = _lock_owner(lock.path)
     session = [e for e in events if e.get("event") in SESSION_EVENTS]
     last = session[-1] if session else {}
-    if owner is not None and _alive(owner):
+    if owner is not None and lock_owner_alive(owner):
         state, reason = "running", f"process {owner.get('pid')} on {owner.get('host')}"
     elif last.get("event") == "end":
         state, reason = "finished", last.get("reason", "")
