@@ -57,5 +57,9 @@ def _code_eval(args) -> int:
     summary = ", ".join(f"{key} {value:.3f}" for key, value in result["pass_at_k"].items())
     print(f"{result['model']}: {summary} over {len(result['tasks'])} tasks ({result['isolation']})")
     if "baseline" in result:
-        print(f"against the baseline: {json.dumps(result['baseline'].get('pass_at_k_delta', result['baseline']))[:300]}")
+        base = result["baseline"]
+        deltas = ", ".join(f"{key} {value['baseline']:.3f} -> {value['current']:.3f} ({value['delta']:+.3f})"
+                           for key, value in base["pass_at_k"].items())
+        print(f"against the baseline: {deltas}; improved {len(base['improved'])} tasks, regressed "
+              f"{len(base['regressed'])}")
     return 0
