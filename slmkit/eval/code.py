@@ -35,7 +35,8 @@ from slmkit.eval.sandbox import (
     run_many,
     sandbox_isolation,
 )
-from slmkit.utils import atomic_file, write_json_atomic
+from slmkit.report.plots import pyplot, save_figure
+from slmkit.utils import write_json_atomic
 
 TASKS_FILE = Path(__file__).with_name("code_tasks.jsonl")
 RESULTS_FORMAT = "slmkit-code-eval"
@@ -355,7 +356,7 @@ def plot_pass_at_k(results: Sequence[Mapping | str | os.PathLike], path: str | o
     points = sorted(((r["step"] if r.get("step") is not None else index, r) for index, r in enumerate(loaded)),
                     key=lambda point: point[0])
     keys = sorted({key for _, r in points for key in r["pass_at_k"]}, key=lambda key: int(key.split("@")[1]))
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in keys:
         shown = [(x, r["pass_at_k"][key]) for x, r in points if key in r["pass_at_k"]]
@@ -366,14 +367,7 @@ def plot_pass_at_k(results: Sequence[Mapping | str | os.PathLike], path: str | o
     ax.set_title(f"Code suite ({loaded[0]['summary']['tasks']} tasks)")
     ax.legend()
     ax.grid(alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def run_code_suite_on_checkpoints(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, *,
@@ -423,16 +417,6 @@ def _check_k(k: Sequence[int], n: int) -> None:
     if not k or min(k) < 1 or max(k) > n:
         raise SlmError(f"k = {list(k)}: each k must be between 1 and n = {n} (the completions per task); "
                        f"raise n to report pass@{max(k) if k else 1}")
-
-
-def _pyplot():
-    # matplotlib is imported on first plot only (as in slmkit.report.plots): it costs about 0.2 s.
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 __all__ = ["STATUSES", "STOP_STRINGS", "TASKS_FILE", "CodeTask", "check_completions",

@@ -41,6 +41,7 @@ from slmkit.eval.scoring import (
     window_batches,
 )
 from slmkit.model.checkpoint import load_model, read_checkpoint_config
+from slmkit.report.plots import pyplot, save_figure
 from slmkit.rundir import (
     CHECKPOINTS,
     RUN_FORMAT,
@@ -53,7 +54,7 @@ from slmkit.tokenizer import load_tokenizer
 from slmkit.train.device import setup_device
 from slmkit.train.evaluator import perplexity
 from slmkit.train.loss import language_model_loss, linear_cross_entropy
-from slmkit.utils import atomic_file, option, progress_bar, write_text_atomic
+from slmkit.utils import option, progress_bar, write_text_atomic
 
 BITS_PER_BYTE_NOTE = ("bits per byte compares models with different tokenizers; loss and perplexity are per token "
                       "of each model's own tokenizer and compare only models that share one")
@@ -498,11 +499,7 @@ def _score(scorer, source: ModelSource, ids, bytes_per_token, context, stride, b
 
 def _plot_checkpoints(results: list[EvalResult], path: Path, title: str) -> Path:
     """Loss and bits per byte against step (one point per step; best/last repeat a step-N), atomically."""
-    import matplotlib  # lazy: 0.2 s that only this command needs
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     points = {}
     for result in results:
         if result.step is not None and (result.step not in points or result.name.startswith("step-")):
@@ -519,9 +516,4 @@ def _plot_checkpoints(results: list[EvalResult], path: Path, title: str) -> Path
         axis.grid(alpha=0.3)
     fig.suptitle(f"{title}: checkpoints")
     fig.tight_layout()
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -8,8 +8,9 @@ from pathlib import Path
 from slmkit.utils import atomic_file
 
 
-def _figure():
-    # matplotlib is imported on first plot only: it adds about 0.2 s to every command that imports the API.
+def pyplot():
+    """matplotlib.pyplot with the file-only Agg backend. Imported on first plot only: it adds about
+    0.2 s to every command that imports the API."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -18,9 +19,15 @@ def _figure():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+def save_figure(fig, path: str | Path) -> Path:
+    """Write `fig` as a PNG at `path` atomically (its folder made if needed), then close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
     return path
 
 
@@ -28,7 +35,7 @@ def plot_loss_and_lr(train: list[dict], path: Path) -> Path | None:
     """Training loss (left axis) and learning rate (right axis) against the step."""
     if not train:
         return None
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [e["step"] for e in train]
     ax.plot(steps, [e["loss"] for e in train], color="tab:blue", linewidth=1, label="training loss")
@@ -39,17 +46,14 @@ def plot_loss_and_lr(train: list[dict], path: Path) -> Path | None:
     lr_axis.set_ylabel("learning rate", color="tab:orange")
     ax.set_title("Training loss and learning rate")
     ax.grid(alpha=0.3)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def plot_eval(evals: list[dict], path: Path) -> Path | None:
     """Validation and training loss on the fixed samples (left), validation perplexity (right)."""
     if not evals:
         return None
-    plt = _figure()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     steps = [e["step"] for e in evals]
     left.plot(steps, [e["val_loss"] for e in evals], marker="o", label="validation")
@@ -67,10 +71,7 @@ def plot_eval(evals: list[dict], path: Path) -> Path | None:
         right.set_yscale("log")
     right.set_title("Validation perplexity")
     right.grid(alpha=0.3, which="both")
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def plot_throughput(train: list[dict], path: Path) -> Path | None:
@@ -78,7 +79,7 @@ def plot_throughput(train: list[dict], path: Path) -> Path | None:
     points = [e for e in train if e.get("tokens_per_s") is not None]
     if not points:
         return None
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [e["step"] for e in points]
     ax.plot(steps, [e["tokens_per_s"] for e in points], color="tab:purple", linewidth=1)
@@ -91,7 +92,4 @@ def plot_throughput(train: list[dict], path: Path) -> Path | None:
         mfu_axis.set_ylabel("MFU (%)", color="tab:gray")
     ax.set_title("Throughput")
     ax.grid(alpha=0.3)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
