@@ -22,6 +22,7 @@ import torch
 from slmkit.config import load_model_config, presets_table
 from slmkit.data import PrepareOptions, open_dataset, prepare, train_tokenizer_on_sources
 from slmkit.errors import SlmError
+from slmkit.eval.audit import AuditReport, audit
 from slmkit.eval.code import run_code_suite, run_code_suite_on_checkpoints
 from slmkit.eval.code import self_test as code_self_test
 from slmkit.eval.perplexity import EvalOptions, EvalReport, EvalResult, evaluate_checkpoints, evaluate_models
@@ -38,6 +39,7 @@ from slmkit.tokenizer import load_tokenizer
 from slmkit.train import TrainResult
 
 __all__ = [
+    "AuditReport", "audit",
     "EvalOptions", "EvalReport", "EvalResult", "RunStatus", "evaluate_checkpoints", "evaluate_models", "format_status",
     "run_status", "run_code_suite", "run_code_suite_on_checkpoints", "code_self_test",
     "DTYPES", "GENERATION_PRESETS", "OVERFLOW_POLICIES", "GenerationConfig", "PrepareOptions", "QuickstartOptions", "TrainOptions",
