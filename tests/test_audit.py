@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from train_support import one_thread, synthetic_text, tiny_overrides, write_dataset
+from train_support import one_thread, synthetic_text, tiny_overrides, write_cycle_dataset, write_dataset
 
 from slmkit import api
 from slmkit.errors import SlmError
@@ -75,11 +75,7 @@ def test_a_run_at_perplexity_1_15_on_a_leaking_split_is_not_trustworthy_and_says
 def test_a_tiny_corpus_driven_to_loss_near_zero_is_flagged_as_memorised(tmp_path):
     """The second write-up's failure: a tiny corpus (one short cycle of tokens, as in
     test_memorising_run_logs_warnings_that_reach_the_report) trained to a loss of about zero."""
-    data = write_dataset(tmp_path / "ds", train_documents=4, val_documents=2)
-    vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
-    for split in ("train", "val"):
-        length = len(np.fromfile(data / f"{split}.bin", dtype=np.uint16))
-        np.resize(np.arange(vocab, dtype=np.uint16), length).tofile(data / f"{split}.bin")
+    data = write_cycle_dataset(tmp_path / "ds")
     run = tmp_path / "run"
     api.train(data, run, overrides=tiny_overrides(data, max_steps=40, lr=3e-2, eval_interval=20,
                                                   checkpoint_interval=0), quiet=True, report=False)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from train_support import one_thread, tiny_overrides, train_events, write_dataset
+from train_support import one_thread, tiny_overrides, train_events, write_cycle_dataset, write_dataset
 
 import slmkit
 from slmkit.api import train
@@ -190,13 +190,7 @@ def test_a_gap_that_widens_while_both_losses_fall_is_not_called_memorising():
 def test_memorising_run_logs_warnings_that_reach_the_report(tmp_path):
     """Text that is one short cycle of tokens, in both splits, is learnt to a loss near zero: that must
     be flagged, in the log and in the report."""
-    import numpy as np
-
-    data = write_dataset(tmp_path / "ds", train_documents=4, val_documents=2)
-    vocab = json.loads((data / "meta.json").read_text())["vocab_size"]
-    for split in ("train", "val"):
-        length = len(np.fromfile(data / f"{split}.bin", dtype=np.uint16))
-        np.resize(np.arange(vocab, dtype=np.uint16), length).tofile(data / f"{split}.bin")
+    data = write_cycle_dataset(tmp_path / "ds")
     run = tmp_path / "run"
     train(data, run, overrides=tiny_overrides(data, max_steps=40, lr=3e-2, eval_interval=20,
                                               checkpoint_interval=0), quiet=True)
