@@ -26,6 +26,7 @@ from slmkit.eval.audit import AuditReport, audit
 from slmkit.eval.code import run_code_suite, run_code_suite_on_checkpoints
 from slmkit.eval.code import self_test as code_self_test
 from slmkit.eval.compare import CompareReport, compare_models
+from slmkit.eval.lm_eval import write_lm_eval_task
 from slmkit.eval.perplexity import EvalOptions, EvalReport, EvalResult, evaluate_checkpoints, evaluate_models
 from slmkit.eval.status import RunStatus, format_status, run_status
 from slmkit.generate import PRESETS, GenerationConfig, generate, model_tokenizer, resolve_config, stream
@@ -40,7 +41,7 @@ from slmkit.tokenizer import load_tokenizer
 from slmkit.train import TrainResult
 
 __all__ = [
-    "AuditReport", "CompareReport", "audit", "compare_models",
+    "AuditReport", "CompareReport", "audit", "compare_models", "write_lm_eval_task",
     "EvalOptions", "EvalReport", "EvalResult", "RunStatus", "evaluate_checkpoints", "evaluate_models", "format_status",
     "run_status", "run_code_suite", "run_code_suite_on_checkpoints", "code_self_test",
     "DTYPES", "GENERATION_PRESETS", "OVERFLOW_POLICIES", "GenerationConfig", "PrepareOptions", "QuickstartOptions", "TrainOptions",

@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     code.add_argument("--self-test", action="store_true", help="run the harness on known answers and exit")
     code.add_argument("--json", action="store_true", help="print the results as JSON")
     code.set_defaults(run=_code_eval)
+    register_lm_eval(subparsers)
 
 
 def _code_eval(args) -> int:
@@ -63,3 +64,14 @@ def _code_eval(args) -> int:
         print(f"against the baseline: {deltas}; improved {len(base['improved'])} tasks, regressed "
               f"{len(base['regressed'])}")
     return 0
+
+
+def register_lm_eval(subparsers) -> None:
+    task = subparsers.add_parser(
+        "lm-eval-task", help="write the offline lm-evaluation-harness task and print the lm_eval command",
+        description="Write slmkit's small lm-evaluation-harness task (slmkit_cloze) into DIR and print the "
+                    "lm_eval command that runs it on a model exported with `slm export-hf` (lm-eval is the "
+                    "optional `lm-eval` extra).")
+    task.add_argument("directory", metavar="DIR", help="where to write the task YAML")
+    task.add_argument("--model", default="HF_DIR", help="the exported Hugging Face model directory to name")
+    task.set_defaults(run=lambda args: print(api.write_lm_eval_task(args.directory, args.model)) or 0)
