@@ -74,4 +74,9 @@ def register_lm_eval(subparsers) -> None:
                     "optional `lm-eval` extra).")
     task.add_argument("directory", metavar="DIR", help="where to write the task YAML")
     task.add_argument("--model", default="HF_DIR", help="the exported Hugging Face model directory to name")
-    task.set_defaults(run=lambda args: print(api.write_lm_eval_task(args.directory, args.model)) or 0)
+    task.set_defaults(run=_lm_eval_task)
+
+
+def _lm_eval_task(args) -> int:
+    print(api.write_lm_eval_task(args.directory, args.model))
+    return 0
