@@ -131,8 +131,8 @@ def poison_training_loss(monkeypatch, at_step: int, spoil) -> None:
     real_loss = trainer_module.language_model_loss
     calls = {"n": 0}
 
-    def poisoned(model, x, y, reduction="mean"):
-        loss = real_loss(model, x, y, reduction)
+    def poisoned(model, x, y, segment_ids=None, reduction="mean"):
+        loss = real_loss(model, x, y, segment_ids, reduction=reduction)
         if model.training:
             calls["n"] += 1
             if calls["n"] == at_step:

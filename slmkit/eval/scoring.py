@@ -110,13 +110,14 @@ def score_batches(loss_of_batch: Callable[[torch.Tensor, torch.Tensor], torch.Te
     """Summed negative log-likelihood (nats) and number of scored targets over `batches`, as a (2,)
     tensor on `device` (float64; float32 on MPS, which has no float64).
 
-    loss_of_batch(x, y) returns the summed loss of the targets of y that are not -1; it runs under
-    `autocast()`. on_batch(rows) is called after each batch (a progress bar)."""
+    A batch is (x, y), or (x, y, segment_ids) for packed rows (a fine-tune's examples).
+    loss_of_batch(x, y[, segment_ids]) returns the summed loss of the targets of y that are not -1;
+    it runs under `autocast()`. on_batch(rows) is called after each batch (a progress bar)."""
     totals = torch.zeros(2, device=device, dtype=torch.float32 if device.type == "mps" else torch.float64)
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
+    for batch in batches:
+        x, y, *extra = (tensor.to(device) for tensor in batch)
         with autocast():
-            loss = loss_of_batch(x, y)
+            loss = loss_of_batch(x, y, *extra)
         totals[0] += loss.to(totals.dtype)
         totals[1] += (y != IGNORE_INDEX).sum()
         if on_batch is not None:

@@ -24,6 +24,7 @@ from slmkit.model.layers import (
     attention_mask,
     init_std_for_residual,
     make_norm,
+    visible_keys,
 )
 
 
@@ -95,7 +96,8 @@ class Transformer(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None,
-                pad_offsets: torch.Tensor | None = None, return_hidden: bool = False) -> torch.Tensor:
+                pad_offsets: torch.Tensor | None = None, return_hidden: bool = False,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids (B, T).
 
         cache: a KVCache; the new tokens follow the cached ones (time steps cache.length onwards) and
@@ -105,6 +107,10 @@ class Transformer(nn.Module):
             start at 0 on each row's first real token.
         return_hidden: return the final-norm hidden states (B, T, d_model) instead of logits, for
             losses that apply the output head in chunks.
+        segment_ids: (B, T) for packed rows: which example of the row each token belongs to (examples
+            are contiguous runs of one id). A token attends only within its example, and positions
+            restart at 0 on each example's first token, so a packed row gives each example the
+            logits it would get alone. Not with a cache or pad_offsets.
         Raises SlmError when the tokens do not fit the context (learned positions) or the cache.
         """
         batch, length = input_ids.shape
@@ -116,14 +122,21 @@ class Transformer(nn.Module):
             steps = torch.arange(length, device=input_ids.device)
         else:
             steps = cache.reserve(length, input_ids.device)
-        positions = steps if pad_offsets is None else (steps[None, :] - pad_offsets[:, None]).clamp_min(0)
+        if segment_ids is not None:
+            if cache is not None or pad_offsets is not None:
+                raise ValueError("segment_ids are for training and scoring packed rows, not with a cache or pad_offsets")
+            positions = segment_positions(segment_ids)
+        else:
+            positions = steps if pad_offsets is None else (steps[None, :] - pad_offsets[:, None]).clamp_min(0)
         x = self.embed(input_ids)
         if self.config.embedding_scale:
             x = x * torch.tensor(math.sqrt(self.config.d_model), dtype=x.dtype)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)
         x = self.embed_dropout(x)
-        if cache is None:
+        if segment_ids is not None:
+            masks = {window: segment_mask(segment_ids, window) for window in self.windows}
+        elif cache is None:
             masks = {window: attention_mask(steps, steps, window, pad_offsets) for window in self.windows}
         else:
             masks = cache.prepare(steps, pad_offsets)
@@ -152,6 +165,22 @@ class Transformer(nn.Module):
         param = next(self.parameters())
         return KVCache(self.config, batch_size, capacity or self.config.context_length,
                        device=param.device, dtype=dtype or param.dtype, static=static)
+
+
+def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions that restart at 0 where the segment id changes along each row."""
+    steps = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = torch.where(starts, steps, torch.zeros_like(steps)).cummax(dim=1).values  # each token's example start
+    return steps - first
+
+
+def segment_mask(segment_ids: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Bool (B, 1, T, T) mask for SDPA: causal, within the window, and within the token's own segment."""
+    steps = torch.arange(segment_ids.shape[1], device=segment_ids.device)
+    visible = visible_keys(steps, steps, window, None)  # (1, 1, T, T)
+    return visible & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -59,7 +59,8 @@ class Evaluator:
         if shard:
             batches = (batch for index, batch in enumerate(batches) if index % self.dist.world_size == self.dist.rank)
         with evaluation_mode(model):
-            totals = score_batches(lambda x, y: language_model_loss(model, x, y, reduction="sum"), batches,
+            totals = score_batches(lambda x, y, segments=None: language_model_loss(model, x, y, segments,
+                                                                                   reduction="sum"), batches,
                                    self.setup.device, self.setup.autocast)
         if shard:
             distributed.all_reduce_sum(totals, self.dist)
@@ -72,9 +73,10 @@ class Evaluator:
     def logits_are_finite(self, model) -> bool:
         """Whether `model` gives finite logits on the first validation window (one row: cheap), the
         test a checkpoint must pass before it is saved as good."""
-        x, _ = next(iter(self.dataset.eval_batches("val", 1, self.seq_len, 1)))
+        x, _, *segments = next(iter(self.dataset.eval_batches("val", 1, self.seq_len, 1)))
+        extra = {"segment_ids": segments[0].to(self.setup.device)} if segments else {}
         with evaluation_mode(model), self.setup.autocast():
-            logits = model(x.to(self.setup.device))
+            logits = model(x.to(self.setup.device), **extra)
         return bool(torch.isfinite(logits).all())
 
     def evaluate(self, model, step: int, tokens: int) -> dict:

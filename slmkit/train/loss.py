@@ -25,22 +25,25 @@ CHUNK_ROWS = 1024  # rows of logits made at once (1024 x 32K bf16 logits: 66 MB)
 COMPILE_MIN_ELEMENTS = 1 << 22  # chunks of fewer logits than this run eager (compiling costs seconds)
 
 
-def language_model_loss(model, input_ids: torch.Tensor, targets: torch.Tensor,
+def language_model_loss(model, input_ids: torch.Tensor, targets: torch.Tensor, segment_ids: torch.Tensor | None = None,
                         reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy (nats) of predicting `targets` (B, T) from `input_ids` (B, T).
 
-    Targets equal to -1 are ignored. reduction: "mean" over counted tokens (NaN when none count, as
-    F.cross_entropy), or "sum". `model` is a slmkit Transformer, possibly wrapped by DDP or
-    torch.compile; other models (anything returning logits) get the plain cross-entropy.
+    Targets equal to -1 are ignored (a fine-tune's prompt tokens, padding). segment_ids: (B, T) for
+    packed rows of several examples (see Transformer.forward). reduction: "mean" over counted tokens
+    (NaN when none count, as F.cross_entropy), or "sum". `model` is a slmkit Transformer, possibly
+    wrapped by DDP or torch.compile; other models (anything returning logits) get the plain
+    cross-entropy.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
+    extra = {} if segment_ids is None else {"segment_ids": segment_ids}
     head = _output_head(model)
     if head is None:
-        logits = model(input_ids)
+        logits = model(input_ids, **extra)
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction=reduction)
-    hidden = model(input_ids, return_hidden=True)
+    hidden = model(input_ids, return_hidden=True, **extra)
     return linear_cross_entropy(hidden, head.weight, targets, reduction=reduction)
 
 
@@ -169,7 +172,8 @@ def _output_head(model):
     for _ in range(4):
         inner = getattr(inner, "module", None) or getattr(inner, "_orig_mod", None) or inner
     head = getattr(inner, "lm_head", None)
-    if head is None or getattr(head, "bias", None) is not None or not hasattr(inner, "config"):
+    # a plain Linear only: an adapter-wrapped head (LoRA) must run its own forward
+    if type(head) is not torch.nn.Linear or head.bias is not None or not hasattr(inner, "config"):
         return None
     if any(type(m).__name__.startswith("FSDP") for m in (inner, head)):
         return None

@@ -6,6 +6,7 @@ The trainer orchestrates components that each own one concern, and keeps only th
     evaluator     loss, perplexity, bits per byte, honest-number warnings (evaluator.py)
     reporter      console line, metrics.jsonl, TensorBoard, W&B          (reporter.py)
     guards        non-finite losses (train.nan_policy), Ctrl-C / SIGTERM (guards.py)
+    ema           a moving average of the weights, evaluated and saved beside them (ema.py)
     governor      CPU threads that follow other processes' load          (device.py, runtime.py)
 
 Each step: set the learning rate, accumulate gradients over micro-batches, clip, step; then log,
@@ -35,6 +36,7 @@ from slmkit.rundir import RunLock, read_metrics
 from slmkit.train import distributed
 from slmkit.train.checkpointer import Checkpointer, TrainState
 from slmkit.train.device import configure_training_threads, peak_flops, pick_device, setup_device
+from slmkit.train.ema import ExponentialMovingAverage, ema_evaluation
 from slmkit.train.evaluator import Evaluator
 from slmkit.train.guards import NonFiniteGuard, StopSignals, is_out_of_memory, out_of_memory_error
 from slmkit.train.loss import language_model_loss
@@ -76,6 +78,8 @@ class Trainer:
         self.compiled = compile_model(self.model, config.compile)
         self.wrapped = distributed.wrap_model(self.compiled, self.dist, self.setup.device, config.parallelism)
         self.optimizer = build_optimizer(self.model, config, self.setup.device.type)
+        # train.ema_decay: a float32 shadow of the weights (replaced by the saved one on resume)
+        self.ema = ExponentialMovingAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.scaler = torch.amp.GradScaler("cuda") if self.setup.needs_grad_scaler else None
         sharded = self.dist.enabled and config.parallelism == "fsdp"
         self.checkpointer = Checkpointer(self.run_dir, self.dist, sharded, config.keep_last, self.setup.device)
@@ -88,7 +92,7 @@ class Trainer:
         self.state = TrainState()
         if run.resume:
             self.state = self.checkpointer.restore(run.resume_from, self.model, self.optimizer, self.scaler,
-                                                   config.seed)
+                                                   config.seed, ema=self.ema)
             self.evaluator.resume(read_metrics(self.run_dir), self.state)
         else:
             # Last, so nothing above can shift the dropout streams (distinct per process).
@@ -167,6 +171,8 @@ class Trainer:
                 continue
             state.step += 1
             state.tokens += self.run_config.tokens_per_step
+            if self.ema is not None:  # after every optimizer step (a skipped step made none)
+                self.ema.update(self.model)
             if state.step == self._first_step + 1:
                 self.reporter.first_step_done(state.step)
             if state.step % config.log_interval == 0 or state.step == 1 or state.step == config.max_steps:
@@ -214,12 +220,13 @@ class Trainer:
                 # One global stream of micro-batches, interleaved over processes, so N processes x
                 # accumulation A see exactly the batches of 1 process x accumulation N*A.
                 index = (self.state.step * accum + micro) * dist.world_size + dist.rank
-                x, y = self.dataset.random_batch("train", config.batch_size, self.run_config.seq_len, config.seed,
-                                                 index)
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                # (x, y), or (x, y, segment_ids) for a fine-tune's packed examples (targets -1 off the response)
+                batch = self.dataset.random_batch("train", config.batch_size, self.run_config.seq_len, config.seed,
+                                                  index)
+                x, y, *segments = (tensor.to(device, non_blocking=True) for tensor in batch)
                 try:
                     with distributed.no_sync(self.wrapped, sync=micro == accum - 1), self.setup.autocast():
-                        loss = language_model_loss(self.wrapped, x, y)
+                        loss = language_model_loss(self.wrapped, x, y, *segments)
                     loss_sum += loss.detach()
                     scaled = loss / accum
                     (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -292,6 +299,8 @@ class Trainer:
             bad = "val_loss" if not math.isfinite(record["val_loss"]) else "train_loss"
             what = {"val_loss": "validation loss", "train_loss": "loss on the training sample"}[bad]
             self._stop(f"{what} became {record[bad]}", self.state.step)
+        if self.ema is not None:  # the averaged weights, scored on the same samples beside the raw ones
+            record.update(ema_evaluation(self.ema, self.evaluator, self.model, self.compiled))
         improved = record["val_loss"] < self.state.best_val_loss
         if improved:
             self.state.best_val_loss = record["val_loss"]
@@ -313,7 +322,7 @@ class Trainer:
         snapshot = dataclasses.replace(self.state, elapsed=self.elapsed_time(), warned=set(self.evaluator.warned),
                                        skipped_in_a_row=self.guard.skipped_in_a_row)
         self.checkpointer.save(self.model, self.optimizer, self.scaler, snapshot, self.config,
-                               periodic=periodic, best=best, last=last, val_loss=val_loss)
+                               periodic=periodic, best=best, last=last, val_loss=val_loss, ema=self.ema)
         return True
 
     # -- what the run records about itself ------------------------------------------------------
