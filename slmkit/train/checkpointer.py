@@ -9,7 +9,8 @@ scaler, the best validation loss and the elapsed training time. It is loaded wit
 A run's checkpoints/ holds step-N/ (periodic, the newest `keep_last` kept), best/ (lowest
 validation loss) and last/ (the newest state, what `--resume` reads; `--resume RUN --from NAME`
 reads another). Each is a complete copy, swapped into place atomically, so damage to one never
-reaches the others.
+reaches the others. With train.ema_decay, ema/ holds the moving average of the weights (a plain
+checkpoint, written with last/; its state for resume is in training_state.pt).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from slmkit.train.guards import DISK_ADVICE, write_error
 from slmkit.utils import atomic_dir, write_json_atomic
 
 STATE_FILE = "training_state.pt"
+EMA_CHECKPOINT = "ema"  # checkpoints/ema/: the weights' moving average (train.ema_decay)
 
 
 def rng_state() -> dict:
@@ -177,7 +179,7 @@ def prune_step_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
 def _checkpoint_bytes(weights: dict[str, torch.Tensor], training_state: dict) -> int:
     """About how many bytes one checkpoint takes: its weights, the optimizer's tensors, and 5% more."""
     tensors = [t for t in weights.values()]
-    stack = [training_state.get("optimizer", {})]
+    stack = [training_state.get("optimizer", {}), training_state.get("ema", {})]
     while stack:  # the optimizer state is nested dicts and lists of tensors
         item = stack.pop()
         if isinstance(item, torch.Tensor):
@@ -256,17 +258,23 @@ class Checkpointer:
 
     # -- saving ---------------------------------------------------------------------------------
     def save(self, model, optimizer, scaler, state: TrainState, train_config, *, periodic: bool = False,
-             best: bool = False, last: bool = False, val_loss: float | None = None) -> None:
-        """Write one checkpoint and copy it as step-N, best and/or last (only what is asked)."""
+             best: bool = False, last: bool = False, val_loss: float | None = None, ema=None) -> None:
+        """Write one checkpoint and copy it as step-N, best and/or last (only what is asked). With an
+        `ema` (slmkit.train.ema), its state goes into the training state, and with `last` its weights
+        are written as the checkpoint ema/ as well."""
         if not (periodic or best or last):
             return
         # collectives under DDP/FSDP: every process takes part
         weights, optimizer_state = full_state(model, optimizer, self.sharded)
         training_state = self._training_state(state, optimizer_state, scaler, train_config)
+        if ema is not None:
+            training_state["ema"] = ema.state_dict()
         failure = None
         if self.dist.is_main:
             try:
                 self._write(model.config, weights, training_state, state, train_config, periodic, best, last, val_loss)
+                if ema is not None and last:
+                    self._write_ema(model, ema, state, train_config)
             except SlmError as error:
                 failure = error
         if self.dist.enabled:  # every process stops together when the main one could not write
@@ -302,6 +310,18 @@ class Checkpointer:
         except OSError as error:
             raise write_error(error, f"the step {state.step} checkpoint in {self.checkpoints}") or error from None
 
+    def _write_ema(self, model, ema, state: TrainState, train_config) -> None:
+        """checkpoints/ema/: the EMA weights as a plain checkpoint (with the tokenizer), beside last/."""
+        extra = {"step": state.step, "tokens": state.tokens, "train": train_config.to_dict(), "val_loss": None,
+                 "run": str(self.run_dir.resolve()), "ema": {"decay": ema.decay, "updates": ema.updates}}
+        tokenizer_dir = self.run_dir / TOKENIZER
+        files = {p.name: p for p in tokenizer_dir.iterdir() if p.is_file()} if tokenizer_dir.is_dir() else {}
+        try:
+            write_checkpoint(self.checkpoints / EMA_CHECKPOINT, model.config, ema.weights(model), extra=extra,
+                             extra_files=files)
+        except OSError as error:
+            raise write_error(error, f"the step {state.step} EMA checkpoint in {self.checkpoints}") or error from None
+
     def _training_state(self, state: TrainState, optimizer_state: dict, scaler, train_config) -> dict:
         rng = rng_state()
         if self.dist.enabled:
@@ -331,9 +351,10 @@ class Checkpointer:
         return max(found, key=lambda item: item[0], default=None)
 
     # -- resuming -------------------------------------------------------------------------------
-    def restore(self, checkpoint: Path, model, optimizer, scaler, seed: int) -> TrainState:
-        """Load `checkpoint` into the model, optimizer and scaler, set every RNG, and return the
-        counters, so that the run continues exactly as if it had not stopped."""
+    def restore(self, checkpoint: Path, model, optimizer, scaler, seed: int, ema=None) -> TrainState:
+        """Load `checkpoint` into the model, optimizer, scaler (and `ema`), set every RNG, and return
+        the counters, so that the run continues exactly as if it had not stopped. An `ema` the
+        checkpoint has none for starts from the restored weights."""
         config, tensors, _ = load_state(checkpoint)
         differences = architecture_differences(config, model.config)
         if differences:
@@ -350,6 +371,11 @@ class Checkpointer:
             optimizer.load_state_dict(saved["optimizer"])
         if scaler is not None and saved.get("grad_scaler"):
             scaler.load_state_dict(saved["grad_scaler"])
+        if ema is not None:
+            if saved.get("ema"):
+                ema.load_state_dict(saved["ema"], str(checkpoint))
+            else:
+                ema.reset(model)
         state = TrainState(step=int(saved["step"]), tokens=int(saved["tokens"]),
                            elapsed=float(saved.get("elapsed", 0.0)),
                            best_val_loss=float(saved.get("best_val_loss", math.inf)),

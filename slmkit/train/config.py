@@ -49,6 +49,9 @@ class TrainConfig:
     muon_momentum: float = 0.95
     grad_clip: float | None = 1.0  # max global gradient norm (None or 0: no clipping)
     dropout: float | None = None  # overrides model.dropout when set
+    # exponential moving average of the weights (e.g. 0.999), evaluated beside them and saved as
+    # checkpoints/ema/; None: off. Costs one float32 copy of the weights (train/ema.py)
+    ema_decay: float | None = None
     # -- evaluation, checkpoints, logging -----------------------------------------------------
     eval_interval: int = 200  # steps between evaluations (0: only at the end)
     eval_batches: int = 20  # batches of the fixed validation (and train) sample per evaluation
@@ -118,6 +121,12 @@ class TrainConfig:
             raise SlmError(f"train.decay_fraction = {self.decay_fraction!r}: must be in [0, 1]")
         if self.dropout is not None and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise SlmError(f"train.dropout = {self.dropout!r}: must be in [0, 1)")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
+                                               and not isinstance(self.ema_decay, bool) and 0 < self.ema_decay < 1):
+            raise SlmError(f"train.ema_decay = {self.ema_decay!r}: must be in (0, 1), e.g. 0.999 (or none for no EMA)")
+        if self.ema_decay is not None and self.parallelism == "fsdp":
+            raise SlmError(f"train.ema_decay = {self.ema_decay!r} is not supported with train.parallelism = \"fsdp\" "
+                           f"(the weights are sharded); use train.parallelism = \"ddp\" or set train.ema_decay = none")
         if self.min_lr is not None and self.min_lr > self.lr:
             raise SlmError(f"train.min_lr = {self.min_lr} is above train.lr = {self.lr}; lower it")
         for name, allowed in (("schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("precision", PRECISIONS),

@@ -5,7 +5,8 @@ Events in metrics.jsonl (every one has "event", "step" and "time", seconds since
 - train: loss (nats, mean over the step's tokens on all processes), lr (the AdamW groups' rate),
   muon_lr (the Muon group's rate, with train.optimizer = muon), tokens (seen so far, all processes),
   tokens_per_s, mfu (fraction of peak, or null), grad_norm;
-- eval: val_loss, val_ppl, val_bpb, train_loss, train_ppl, train_bpb (on fixed samples);
+- eval: val_loss, val_ppl, val_bpb, train_loss, train_ppl, train_bpb (on fixed samples); with
+  train.ema_decay also ema_val_loss, ema_val_ppl, ema_val_bpb, ema_train_loss, ... (the weights' EMA);
 - threads: threads, previous, other_cpus (train.threads = "auto" changed the CPU thread count);
 - warning: kind, message; start / resume / end / interrupted / stopped / skipped_step: bookkeeping
   (start and resume carry the thread count in use).
@@ -201,8 +202,12 @@ class Reporter:
     def evaluation(self, record: dict, improved: bool) -> None:
         self.log("eval", **record, best=improved)
         bpb = f", bpb {record['val_bpb']:.3f}" if record["val_bpb"] is not None else ""
+        ema = ""
+        if record.get("ema_val_loss") is not None:
+            ema_bpb = f", bpb {record['ema_val_bpb']:.3f}" if record.get("ema_val_bpb") is not None else ""
+            ema = f"; EMA val loss {record['ema_val_loss']:.4f} (ppl {record['ema_val_ppl']:.2f}{ema_bpb})"
         self.print(f"step {record['step']}: val loss {record['val_loss']:.4f} (ppl {record['val_ppl']:.2f}{bpb}), "
-                   f"train loss {record['train_loss']:.4f}" + (" *best*" if improved else ""))
+                   f"train loss {record['train_loss']:.4f}" + (" *best*" if improved else "") + ema)
 
     def threads_changed(self, step: int, change) -> None:
         self.print(f"threads: {change.previous} -> {change.threads} (other processes are using "
