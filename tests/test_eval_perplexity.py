@@ -22,7 +22,7 @@ from slmkit.errors import SlmError
 from slmkit.eval import perplexity, scoring
 from slmkit.eval.perplexity import BITS_PER_BYTE_NOTE, evaluate_checkpoints, evaluate_models
 from slmkit.model import ModelConfig, Transformer, load_model, save_model
-from slmkit.tokenizer import train_tokenizer
+from slmkit.tokenizer import CharTokenizer, train_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -68,6 +68,33 @@ def uniform_checkpoint(directory, tokenizer) -> ModelConfig:
     saved = tokenizer.save(directory.parent / f"{directory.name}-tokenizer")
     save_model(model, directory, extra_files={p.name: p for p in saved.iterdir()})
     return config
+
+
+def random_checkpoint(directory, tokenizer, seed: int = 0):
+    """An slmkit checkpoint of random weights (context 32): its loss depends on every token it reads."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, context_length=32, n_layers=1, d_model=16,
+                                    n_heads=2, d_mlp=32))
+    saved = tokenizer.save(directory.parent / f"{directory.name}-tokenizer")
+    save_model(model, directory, extra_files={p.name: p for p in saved.iterdir()})
+    return directory
+
+
+def decoded_documents(dataset_dir, directory, split: str = "val") -> list:
+    """The split's documents decoded with the dataset's tokenizer, one text file each (as a user would
+    write them to score them with slm eval TEXT...)."""
+    from slmkit.data.loader import open_dataset
+
+    dataset = open_dataset(dataset_dir)
+    tokens = np.asarray(dataset.split(split))
+    bounds = np.flatnonzero(tokens == dataset.eot_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, (start, end) in enumerate(zip(np.concatenate([[-1], bounds[:-1]]), bounds)):
+        path = directory / f"doc-{index:03d}.txt"
+        path.write_text(dataset.tokenizer.decode(tokens[start + 1:end]), encoding="utf-8")
+        paths.append(path)
+    return paths
 
 
 # -- the windows ----------------------------------------------------------------------------------
@@ -198,6 +225,109 @@ def test_models_with_different_tokenizers_compare_by_bits_per_byte_of_the_same_t
     assert BITS_PER_BYTE_NOTE in report.table() and report.to_dict()["note"] == BITS_PER_BYTE_NOTE
 
 
+# -- a dataset of another tokenizer: its text, decoded and re-tokenized ----------------------------
+def test_a_model_of_another_tokenizer_scores_a_dataset_as_its_decoded_documents_as_text_files(tmp_path, data_dir):
+    """A BPE model on a character dataset: the same tokens, loss and bits per byte, exactly, as the
+    split's documents decoded and given as text files (each a document followed by end-of-text)."""
+    bpe = train_tokenizer(synthetic_text(60, 0), "bpe:300")
+    model = random_checkpoint(tmp_path / "bpe-model", bpe)
+    files = decoded_documents(data_dir, tmp_path / "docs")
+    on_dataset = evaluate_models([model], data=data_dir, context=16, stride=8, **FP32).results[0]
+    on_files = evaluate_models([model, *files], context=16, stride=8, **FP32).results[0]
+    texts = [path.read_text() for path in files]
+    assert on_dataset.tokens == on_files.tokens == sum(len(bpe.encode(text)) + 1 for text in texts) - 1
+    assert (on_dataset.loss, on_dataset.bits_per_byte) == (on_files.loss, on_files.bits_per_byte)
+    assert on_dataset.bytes_per_token == on_files.bytes_per_token == sum(map(len, texts)) / (on_dataset.tokens + 1)
+    assert (on_dataset.tokenizer, on_dataset.retokenized_from) == ("bpe:300", "char")
+    assert (on_dataset.documents, on_dataset.unfaithful_documents) == (8, 0) and on_files.retokenized_from is None
+    # with the dataset's own tokenizer the split is scored as its ids: another number of tokens
+    char_model = random_checkpoint(tmp_path / "char-model", open_dataset_tokenizer(data_dir))
+    as_ids = evaluate_models([char_model], data=data_dir, context=16, **FP32).results[0]
+    assert as_ids.retokenized_from is None and as_ids.tokens == sum(map(len, texts)) + 8 - 1
+
+
+def test_a_re_tokenized_dataset_is_named_in_the_table_and_the_json(tmp_path, data_dir):
+    model = random_checkpoint(tmp_path / "bpe-model", train_tokenizer(synthetic_text(60, 0), "bpe:300"))
+    report = evaluate_models([model], data=data_dir, context=16, **FP32)
+    table = report.table()
+    assert f"| {model} | slmkit | bpe:300, re-tokenized from char |" in table
+    note = (f"{model}: the dataset's text, decoded with its tokenizer 'char', was re-tokenized with the model's "
+            f"'bpe:300'; all 8 documents decode faithfully")
+    assert note in table.splitlines()
+    result = report.to_dict()["results"][0]
+    assert (result["retokenized_from"], result["documents"], result["unfaithful_documents"]) == ("char", 8, 0)
+    assert result["note"] == note
+
+
+def test_max_tokens_stops_re_tokenizing_after_the_document_that_reaches_it(tmp_path, data_dir):
+    bpe = train_tokenizer(synthetic_text(60, 0), "bpe:300")
+    model = random_checkpoint(tmp_path / "bpe-model", bpe)
+    texts = [path.read_text() for path in decoded_documents(data_dir, tmp_path / "docs")]
+    result = evaluate_models([model], data=data_dir, context=16, max_tokens=40, **FP32).results[0]
+    first = len(bpe.encode(texts[0])) + 1
+    assert first >= 40 and result.tokens == 39 and result.documents == 1
+    assert result.bytes_per_token == len(texts[0]) / first  # the bytes of the document read
+
+
+def test_a_dataset_whose_tokenizer_loses_characters_is_scored_and_says_so(tmp_path):
+    """A character tokenizer with an unknown id (as prepare trains one): "ï" and "ß" of two validation
+    documents decode to nothing, so those documents are not faithful and the output says so."""
+    directory = write_dataset(tmp_path / "ds")
+    tokenizer = CharTokenizer(open_dataset_tokenizer(directory).chars, unknown=True)
+    tokenizer.save(directory)
+    val_docs = synthetic_text(8, seed=1)
+    val_docs[2], val_docs[5] = val_docs[2] + " naïve", "straße " + val_docs[5]
+    ids = [i for doc in val_docs for i in tokenizer.encode(doc) + [tokenizer.eot_id]]
+    np.asarray(ids, dtype=np.uint16).tofile(directory / "val.bin")
+    meta = json.loads((directory / "meta.json").read_text())
+    meta["vocab_size"] = meta["tokenizer"]["vocab_size"] = tokenizer.vocab_size
+    meta["splits"]["val"].update(tokens=len(ids), bytes=sum(len(doc.encode()) for doc in val_docs))
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+    bpe = train_tokenizer(synthetic_text(60, 0), "bpe:300")
+    model = random_checkpoint(tmp_path / "bpe-model", bpe)
+    report = evaluate_models([model], data=directory, context=16, **FP32)
+    result = report.results[0]
+    assert (result.documents, result.unfaithful_documents) == (8, 2)
+    assert "2 of 8 documents do not decode faithfully" in report.table()
+    assert "bits per byte is of the decoded text" in report.to_dict()["results"][0]["note"]
+    decoded = [path.read_text() for path in decoded_documents(directory, tmp_path / "docs")]
+    assert decoded[2].endswith(". nave") and decoded[5].startswith("strae ")
+    assert result.bytes_per_token == sum(len(text.encode()) for text in decoded) / (result.tokens + 1)
+
+
+def test_a_random_weight_hugging_face_gpt2_scores_an_slmkit_bpe_dataset(tmp_path):
+    """A GPT-2 of random weights with a character tokenizer, saved with save_pretrained, on a dataset
+    `slm prepare` tokenized with a trained BPE: scored on the decoded text, equal to the text files."""
+    transformers = pytest.importorskip("transformers")
+    sources = tmp_path / "src"
+    sources.mkdir()
+    for index, doc in enumerate(synthetic_text(80, seed=4)):
+        (sources / f"{index}.txt").write_text(doc)
+    data = tmp_path / "ds"
+    api.prepare([str(sources)], data, "bpe:300", val=0.1)
+    files = decoded_documents(data, tmp_path / "docs")
+    char = train_tokenizer([path.read_text() for path in files] + synthetic_text(80, seed=4), "char")
+    char.export_hf(tmp_path / "gpt2")
+    torch.manual_seed(5)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=char.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=4, initializer_range=0.2,
+        bos_token_id=char.eot_id, eos_token_id=char.eot_id)).save_pretrained(tmp_path / "gpt2")
+
+    on_dataset = evaluate_models([tmp_path / "gpt2"], data=data, context=32, **FP32).results[0]
+    on_files = evaluate_models([tmp_path / "gpt2", *files], context=32, **FP32).results[0]
+    assert on_dataset.kind == "hugging face" and on_dataset.retokenized_from.startswith("bpe:")
+    assert on_dataset.tokens == sum(len(path.read_text()) + 1 for path in files) - 1
+    assert (on_dataset.loss, on_dataset.bits_per_byte) == (on_files.loss, on_files.bits_per_byte)
+    assert on_dataset.unfaithful_documents == 0 and on_dataset.documents == len(files) >= 4
+
+
+def open_dataset_tokenizer(directory):
+    from slmkit.tokenizer import load_tokenizer
+
+    return load_tokenizer(directory)
+
+
 def test_every_checkpoint_of_a_run_in_a_table_by_step_and_a_plot(run, tmp_path):
     report = evaluate_checkpoints(run, out=tmp_path / "out", context=16, **FP32)
     assert [(r.name, r.step) for r in report.results] == [("step-10", 10), ("step-20", 20), ("best", 20), ("last", 20)]
@@ -226,8 +356,8 @@ def _bad_inputs(run, data_dir, text_file, tmp_path):
     (foreign / "weights.bin").write_bytes(b"\0" * 16)
     short = tmp_path / "short.txt"
     short.write_text("the king.")
-    bpe_model = tmp_path / "bpe-model"
-    uniform_checkpoint(bpe_model, train_tokenizer(synthetic_text(60, 0), "bpe:300"))
+    char_model = tmp_path / "char-model"  # characters without "k": the dataset's text holds "king"
+    uniform_checkpoint(char_model, CharTokenizer("abcdefghijlmnopqrstuvwxyz .", unknown=False))
     return {
         "neither slmkit nor hf": (lambda: evaluate_models([foreign, text_file], **FP32),
                                   "is neither an slmkit checkpoint or run"),
@@ -239,8 +369,8 @@ def _bad_inputs(run, data_dir, text_file, tmp_path):
                                  "stride 20 is larger than the context 16"),
         "context above the model's": (lambda: evaluate_models([run], context=64, **FP32),
                                       "context 64 is longer than .* 32 positions"),
-        "dataset of another tokenizer": (lambda: evaluate_models([bpe_model], data=data_dir, context=16, **FP32),
-                                         "differs from .*bpe-model's tokenizer 'bpe:300'"),
+        "text the model's tokenizer cannot read": (lambda: evaluate_models([char_model], data=data_dir, **FP32),
+                                                   "cannot tokenize the text of dataset .*characters not in"),
         "fp16 on a CPU": (lambda: evaluate_models([run, text_file], precision="fp16", device="cpu", progress=False),
                           "--precision = 'fp16' is not supported on CPU"),
         "dataset and text": (lambda: evaluate_models([run, text_file], data=data_dir, **FP32), "not both"),

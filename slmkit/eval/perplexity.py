@@ -8,8 +8,10 @@
 A model is an slmkit checkpoint or run directory (its best, else last, checkpoint) or a local Hugging
 Face model directory (anything `transformers.AutoModelForCausalLM` loads). Each model tokenizes text
 with its own tokenizer, so bits per byte compares models with different tokenizers; loss and
-perplexity are per token of each model's own tokenizer. A dataset is token ids already: it is
-scored only by models whose tokenizer is the dataset's.
+perplexity are per token of each model's own tokenizer. A dataset is token ids already: a model
+whose tokenizer is the dataset's scores them as they are; any other model scores the split's text,
+decoded document by document with the dataset's tokenizer and tokenized again with its own
+(`retokenize_split`), with bits per byte over the UTF-8 bytes of that decoded text.
 
 The windows and the summing are `slmkit.eval.scoring`'s, shared with the trainer's evaluation; the
 loss of an slmkit model is the trainer's own fused loss (`slmkit.train.loss.language_model_loss`).
@@ -21,8 +23,9 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +63,8 @@ BITS_PER_BYTE_NOTE = ("bits per byte compares models with different tokenizers; 
                       "of each model's own tokenizer and compare only models that share one")
 DEFAULT_MAX_CONTEXT = 2048  # the longest default window: a model's full context can be 128K tokens
 PROBE_TOKENS = 4096  # dataset tokens decoded and encoded again to compare tokenizers
+SPLIT_CHUNK_TOKENS = 1 << 20  # dataset tokens read at a time when a split is decoded document by document
+WRITE_CHUNK_TOKENS = 1 << 20  # re-tokenized ids gathered before they are written to the scratch file
 # Hugging Face model types whose logits are exactly lm_head(base_model(x)) (no scaling or capping),
 # scored with the fused chunked loss instead of full logits. Others get the plain loss on logits.
 FUSED_HEAD_MODEL_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma3_text"}
@@ -99,13 +104,34 @@ class EvalResult:
     checkpoint: str = ""  # the directory loaded
     step: int | None = None  # training step of an slmkit checkpoint
     name: str = ""  # the checkpoint's name in its run (step-N, best, last), for --checkpoints
+    retokenized_from: str | None = None  # the dataset's tokenizer, when its text was decoded and re-tokenized
+    documents: int | None = None  # re-tokenized: the documents read
+    unfaithful_documents: int | None = None  # of them, those whose decoded text is not what was tokenized
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def tokenizer_column(self) -> str:
+        """The tokenizer that scored the model, and the dataset's it re-tokenized from, if any."""
+        return self.tokenizer + (f", re-tokenized from {self.retokenized_from}" if self.retokenized_from else "")
+
+    def note(self) -> str | None:
+        """One line on a re-tokenized dataset: which tokenizers, and whether the decoded text is faithful."""
+        if self.retokenized_from is None:
+            return None
+        head = (f"{self.model}: the dataset's text, decoded with its tokenizer {self.retokenized_from!r}, was "
+                f"re-tokenized with the model's {self.tokenizer!r}")
+        if not self.unfaithful_documents:
+            return f"{head}; all {self.documents:,} documents decode faithfully"
+        return (f"{head}; {self.unfaithful_documents:,} of {self.documents:,} documents do not decode faithfully "
+                f"(their decoded text tokenizes to other ids with {self.retokenized_from!r}: unknown symbols or "
+                f"bytes were lost), so bits per byte is of the decoded text, not the original")
+
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "tokens_per_s": round(self.tokens_per_s, 1)}
+        return {**dataclasses.asdict(self), "tokens_per_s": round(self.tokens_per_s, 1),
+                **({"note": self.note()} if self.retokenized_from else {})}
 
 
 @dataclass
@@ -138,11 +164,12 @@ class EvalReport:
                  "|" + "---|" * len(head) + "---:|" * 5]
         for r in self.results:
             first = [r.name, "" if r.step is None else str(r.step)] if by_checkpoint else \
-                [r.model, r.kind + (f" (step {r.step})" if r.step is not None else ""), r.tokenizer]
+                [r.model, r.kind + (f" (step {r.step})" if r.step is not None else ""), r.tokenizer_column]
             bpb = "n/a" if r.bits_per_byte is None else f"{r.bits_per_byte:.4f}"
             lines.append("| " + " | ".join(first + [f"{r.tokens:,}", f"{r.loss:.4f}", f"{r.perplexity:.3f}", bpb,
                                                    f"{r.tokens_per_s:,.0f}"]) + " |")
-        lines += ["", BITS_PER_BYTE_NOTE + "."]
+        notes = list(dict.fromkeys(r.note() for r in self.results if r.retokenized_from))
+        lines += ["", *notes, BITS_PER_BYTE_NOTE + "."]
         if self.table_path:
             lines.append(f"wrote {self.table_path}" + (f" and {self.plot_path}" if self.plot_path else ""))
         return "\n".join(lines)
@@ -333,24 +360,103 @@ def read_texts(paths: Sequence[str | os.PathLike]) -> TextData:
     return TextData([Path(p) for p in paths], texts)
 
 
-def _check_dataset_tokenizer(dataset, split: str, scorer, model: str) -> None:
-    """SlmError when the dataset's token ids would mean other text to the model: a larger vocabulary,
-    another end-of-text id, or other ids for the same text (the dataset's own text, decoded)."""
+def same_tokenizer(dataset, split: str, scorer) -> bool:
+    """Whether the dataset's token ids mean to the model what they mean to the dataset: no id beyond the
+    model's vocabulary, the same end-of-text id, and the same ids for the same text (the split's first
+    PROBE_TOKENS tokens, decoded)."""
     ours = dataset.tokenizer
-    fix = ("score the text files instead (each model tokenizes them itself), or a dataset prepared with the "
-           "model's tokenizer")
-    what = f"dataset {dataset.dir} is tokenized with {ours.name!r} ({dataset.vocab_size:,} ids)"
     if dataset.vocab_size > scorer.vocab_size:
-        raise SlmError(f"{what}, more ids than {model}'s vocabulary of {scorer.vocab_size:,}: its tokenizer is not the "
-                       f"model's; {fix}")
+        return False
     probe = ours.decode(np.asarray(dataset.split(split)[:PROBE_TOKENS]).tolist())
     try:
-        same = scorer.encode(probe) == ours.encode(probe) and scorer.eot_id in (None, dataset.eot_id)
+        return scorer.encode(probe) == ours.encode(probe) and scorer.eot_id in (None, dataset.eot_id)
     except SlmError:  # the model's tokenizer cannot even read the dataset's text
-        same = False
-    if not same:
-        raise SlmError(f"{what}, which differs from {model}'s tokenizer {scorer.tokenizer_name!r}: the dataset's "
-                       f"token ids would mean other text to the model; {fix}")
+        return False
+
+
+@dataclass
+class Retokenized:
+    """A dataset split's text as a model's tokenizer reads it (see `retokenize_split`)."""
+
+    ids: np.ndarray  # the model's token ids (a memory map of a scratch file that is gone once unmapped)
+    n_bytes: int  # UTF-8 bytes of the decoded text of the documents read
+    documents: int  # documents read
+    unfaithful_documents: int  # of them, those whose decoded text does not tokenize back to their ids
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.n_bytes / len(self.ids) if len(self.ids) else 0.0
+
+
+def split_documents(tokens: np.ndarray, eot_id: int) -> Iterator[tuple[np.ndarray, bool]]:
+    """(ids, ended) of each document of a token split: the runs between end-of-text ids, read
+    SPLIT_CHUNK_TOKENS at a time (one document is held whole, the split never). `ended` is False only
+    for a last run that no end-of-text closes (a split sliced by another tool)."""
+    pending: list[np.ndarray] = []
+    for start in range(0, len(tokens), SPLIT_CHUNK_TOKENS):
+        chunk = np.asarray(tokens[start:start + SPLIT_CHUNK_TOKENS])
+        first = 0
+        for end in np.flatnonzero(chunk == eot_id):
+            yield (np.concatenate([*pending, chunk[first:end]]) if pending else chunk[first:end]), True
+            pending, first = [], int(end) + 1
+        if first < len(chunk):
+            pending.append(chunk[first:])
+    if pending:
+        yield np.concatenate(pending), False
+
+
+def retokenize_split(dataset, split: str, scorer, model: str, max_tokens: int | None = None,
+                     progress: bool = False) -> Retokenized:
+    """The text of a dataset split tokenized with a model's own tokenizer: each document (the ids
+    between end-of-text ids) decoded with the dataset's tokenizer, encoded with the model's, and
+    followed by the model's end-of-text id where the dataset had one (as text files are laid out), so
+    scoring it equals scoring the decoded documents as text files. Stops after the document that
+    reaches `max_tokens` ids. A document is faithful when its decoded text encodes back to its own ids
+    with the dataset's tokenizer (a character tokenizer's unknown symbol, a byte no text decodes to, a
+    normalizer that rewrote the text: not faithful). The ids go to an unlinked scratch file, memory
+    mapped, so a large split is never held in memory. Raises SlmError when the model's tokenizer cannot
+    read the text or gives ids outside its model's vocabulary."""
+    ours = dataset.tokenizer
+    tokens = dataset.split(split)
+    n_bytes = documents = unfaithful = written = 0
+    largest = -1
+    buffer: list[int] = []
+    with tempfile.TemporaryFile(prefix="slm-eval-", suffix=".bin") as scratch, \
+            progress_bar(len(tokens), f"re-tokenize for {model}", enabled=progress, unit="tok", leave=False) as bar:
+        for document, ended in split_documents(tokens, dataset.eot_id):
+            text = ours.decode(document)
+            try:
+                ids = scorer.encode(text)
+            except SlmError as error:
+                raise SlmError(f"{model} cannot tokenize the text of dataset {dataset.dir} (decoded with its "
+                               f"tokenizer {ours.name!r}): {error}") from None
+            if ended and scorer.eot_id is not None:
+                ids.append(scorer.eot_id)
+            documents += 1
+            unfaithful += not np.array_equal(ours.encode_to_array(text, np.int64), document)
+            n_bytes += len(text.encode("utf-8", "surrogatepass"))
+            largest = max(largest, max(ids, default=-1))
+            buffer += ids
+            bar.update(len(document) + ended)
+            if len(buffer) >= WRITE_CHUNK_TOKENS:
+                written += _write_ids(buffer, scratch)
+            if max_tokens is not None and written + len(buffer) >= max_tokens:
+                break
+        written += _write_ids(buffer, scratch)
+        if largest >= scorer.vocab_size:
+            raise SlmError(f"{model}'s tokenizer gives id {largest}, outside its model's vocabulary of "
+                           f"{scorer.vocab_size:,}; the tokenizer saved with the model is not its own")
+        scratch.flush()
+        ids = np.memmap(scratch, dtype=np.uint32, mode="r", shape=(written,)) if written else np.empty(0, np.uint32)
+    return Retokenized(ids, n_bytes, documents, unfaithful)
+
+
+def _write_ids(buffer: list[int], file) -> int:
+    """Append `buffer` to `file` as uint32, empty it, and return how many ids were written."""
+    count = len(buffer)
+    np.asarray(buffer, dtype=np.uint32).tofile(file)
+    buffer.clear()
+    return count
 
 
 # -- evaluating -----------------------------------------------------------------------------------
@@ -365,9 +471,11 @@ def evaluate_models(models: Sequence[str | os.PathLike], data: str | os.PathLike
     written. With neither, the dataset of the first model that comes from a run is used.
 
     Every model is scored on the same windows of `context` tokens, `stride` apart (see
-    slmkit.eval.scoring): the whole split or text, or its first `max_tokens` tokens. Raises SlmError
+    slmkit.eval.scoring): the whole split or text, or its first `max_tokens` tokens. A model whose
+    tokenizer is not the dataset's scores the split's text re-tokenized with its own (`retokenize_split`;
+    the result names both tokenizers and says whether the decoded text is faithful). Raises SlmError
     for a directory that is no model, a stride above the context, a context longer than a model's,
-    text shorter than one window, or a dataset whose tokenizer is not a model's.
+    text shorter than one window, or text a model's tokenizer cannot read.
     """
     model_paths = [m for m in models if not Path(m).is_file()]
     texts = list(texts) + [m for m in models if Path(m).is_file()]
@@ -459,9 +567,12 @@ def _evaluate(sources: list[ModelSource], data, texts, *, context, stride, batch
                                                       checkpoint=str(source.directory), step=source.step))
             continue
         scorer = load_scorer(source, setup.device)
-        if dataset is not None:
-            _check_dataset_tokenizer(dataset, split, scorer, source.path)
+        retokenized = None
+        if dataset is not None and same_tokenizer(dataset, split, scorer):
             ids, bytes_per_token = dataset.split(split), dataset.bytes_per_token(split)
+        elif dataset is not None:
+            retokenized = retokenize_split(dataset, split, scorer, source.path, max_tokens, progress)
+            ids, bytes_per_token = retokenized.ids, retokenized.bytes_per_token
         else:
             ids, bytes_per_token = text_data.token_ids(scorer, source.path)
             if len(ids) and int(ids.max()) >= scorer.vocab_size:
@@ -472,10 +583,14 @@ def _evaluate(sources: list[ModelSource], data, texts, *, context, stride, batch
             where = "the text" if dataset is None else f"the {split} split"
             raise SlmError(f"{where} is {len(ids):,} tokens with {source.path}'s tokenizer, fewer than one window of "
                            f"context + 1 = {context + 1}; use --context {max(1, len(ids) - 1)} or less, or more text")
-        report.results.append(_score(scorer, source, ids, bytes_per_token, context, stride, batch_size, setup, progress))
+        result = _score(scorer, source, ids, bytes_per_token, context, stride, batch_size, setup, progress)
+        if retokenized is not None:
+            result.retokenized_from = dataset.tokenizer.name
+            result.documents, result.unfaithful_documents = retokenized.documents, retokenized.unfaithful_documents
+        report.results.append(result)
         if source.weights_sha256:
             scored[source.weights_sha256] = report.results[-1]
-        del scorer
+        del scorer, ids, retokenized  # the model's weights, and a re-tokenized split's scratch file
     return report
 
 
