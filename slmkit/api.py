@@ -29,6 +29,7 @@ from slmkit.eval.compare import CompareReport, compare_models
 from slmkit.eval.lm_eval import write_lm_eval_task
 from slmkit.eval.perplexity import EvalOptions, EvalReport, EvalResult, evaluate_checkpoints, evaluate_models
 from slmkit.eval.status import RunStatus, format_status, run_status
+from slmkit.finetune.average import average_checkpoints
 from slmkit.generate import PRESETS, GenerationConfig, generate, model_tokenizer, resolve_config, stream
 from slmkit.generate.config import OVERFLOW_POLICIES
 from slmkit.interop.hf import export_hf, import_hf
@@ -41,6 +42,7 @@ from slmkit.tokenizer import load_tokenizer
 from slmkit.train import TrainResult
 
 __all__ = [
+    "average_checkpoints",
     "AuditReport", "CompareReport", "audit", "compare_models", "write_lm_eval_task",
     "EvalOptions", "EvalReport", "EvalResult", "RunStatus", "evaluate_checkpoints", "evaluate_models", "format_status",
     "run_status", "run_code_suite", "run_code_suite_on_checkpoints", "code_self_test",
