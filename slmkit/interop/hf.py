@@ -32,7 +32,7 @@ from slmkit.interop.hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, conf
 from slmkit.interop.hf_state import state_from_hf, state_to_hf, tensor_map
 from slmkit.model.checkpoint import load_state, write_checkpoint
 from slmkit.rundir import resolve_checkpoint_dir
-from slmkit.tokenizer import MANIFEST, load_tokenizer
+from slmkit.tokenizer import CHAT_TOKENS, MANIFEST, load_tokenizer
 from slmkit.utils import atomic_dir, check_replaceable, megabytes, output_errors, write_marker
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf", "export_hf", "hf_family", "import_hf",
@@ -214,14 +214,22 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite
 def _export_tokenizer(ckpt_dir: Path, out_dir: Path) -> dict:
     """The checkpoint's tokenizer in HF form: through slmkit.tokenizer when it can, else HF files copied.
 
-    Returns the special token ids the tokenizer defines ({"eos_token_id": ...}), for config.json.
+    Returns the special token ids the tokenizer defines ({"eos_token_id": ...}), for config.json. A
+    tokenizer with the chat tokens brings its chat template (tokenizer_config.json) and a
+    generation_config.json whose eos_token_id adds <|im_end|>, so that `generate` stops at the end of a turn.
     """
     if (ckpt_dir / MANIFEST).is_file():
         tokenizer = load_tokenizer(ckpt_dir)
         if hasattr(tokenizer, "export_hf"):
             tokenizer.export_hf(out_dir)
             ids = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
-            return {**ids, "pad_token_id": tokenizer.pad_id} if tokenizer.pad_id is not None else ids
+            if tokenizer.pad_id is not None:
+                ids["pad_token_id"] = tokenizer.pad_id
+            if tokenizer.has_chat_tokens():
+                end_of_turn = tokenizer.special_token_id(CHAT_TOKENS[1])
+                generation = {**ids, "eos_token_id": [tokenizer.eot_id, end_of_turn]}
+                (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+            return ids
     for name in HF_TOKENIZER_FILES:
         if (ckpt_dir / name).is_file():
             shutil.copy2(ckpt_dir / name, out_dir / name)

@@ -14,12 +14,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from slmkit.errors import SlmError
-from slmkit.tokenizer.base import EOT_TOKEN, MANIFEST, MANIFEST_FORMAT, PAD_TOKEN, Tokenizer
+from slmkit.tokenizer.base import (
+    CHAT_TEMPLATE,
+    CHAT_TOKENS,
+    EOT_TOKEN,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    PAD_TOKEN,
+    Tokenizer,
+)
 from slmkit.tokenizer.bpe import BPETokenizer, load_gpt2, load_hf_file, train_bpe
 from slmkit.tokenizer.char import CharTokenizer, train_char
 from slmkit.tokenizer.health import tokenizer_health
 
 __all__ = [
+    "CHAT_TEMPLATE",
+    "CHAT_TOKENS",
     "EOT_TOKEN",
     "MANIFEST",
     "PAD_TOKEN",
@@ -93,10 +103,11 @@ def _load_manifest(directory: Path, manifest_path: Path) -> Tokenizer:
         raise SlmError(f"{manifest_path} is not an slmkit tokenizer manifest")
     kind = manifest.get("kind")
     if kind == "gpt2":
-        return load_gpt2()
+        added = manifest.get("added_special_tokens")
+        return load_gpt2().with_special_tokens(added, manifest["name"]) if added else load_gpt2()
     if kind == "char":
         return CharTokenizer(manifest["chars"], name=manifest.get("name", "char"),
-                             unknown=manifest.get("unk_id") is not None)
+                             unknown=manifest.get("unk_id") is not None, specials=manifest.get("specials", ()))
     if kind in ("bpe", "hf"):
         file = directory / "tokenizer.json"
         if not file.is_file():

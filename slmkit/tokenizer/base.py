@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from slmkit.errors import SlmError
 from slmkit.utils import write_json_atomic, write_text_atomic
 
 MANIFEST = "slmkit_tokenizer.json"
@@ -19,6 +20,14 @@ MANIFEST_FORMAT = "slmkit-tokenizer"
 EOT_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+# ChatML as SmolLM2 writes it, without a default system prompt: what transformers' apply_chat_template
+# runs for an exported tokenizer that has CHAT_TOKENS. slmkit.finetune.chat.render_chat gives the same ids.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
 
 class Tokenizer(ABC):
@@ -53,6 +62,20 @@ class Tokenizer(ABC):
     @abstractmethod
     def token_byte_lengths(self) -> np.ndarray:
         """UTF-8 length in bytes of every id (0 for special tokens), shape (vocab_size,)."""
+
+    @abstractmethod
+    def special_token_id(self, token: str) -> int | None:
+        """The id of special token `token` (e.g. "<|im_start|>"), or None when this tokenizer lacks it."""
+
+    def has_chat_tokens(self) -> bool:
+        """Whether `<|im_start|>` and `<|im_end|>` are special tokens of this tokenizer."""
+        return all(self.special_token_id(token) is not None for token in CHAT_TOKENS)
+
+    def with_special_tokens(self, tokens: list[str], name: str | None = None) -> Tokenizer:
+        """A copy of this tokenizer with the special `tokens` it lacks appended at ids vocab_size,
+        vocab_size + 1, ... (ordinary text still encodes to the same ids), named `name` (default: this
+        name). Raises SlmError for a kind that cannot take new tokens."""
+        raise SlmError(f"tokenizer {self.name!r} ({self.kind}) cannot take new special tokens {tokens!r}")
 
     @abstractmethod
     def _manifest_extra(self, directory: Path) -> dict:
@@ -100,6 +123,8 @@ class Tokenizer(ABC):
             "add_eos_token": False,
             **specials,
         }
+        if self.has_chat_tokens():
+            config["chat_template"] = CHAT_TEMPLATE
         write_json_atomic(directory / "tokenizer_config.json", config)
         write_json_atomic(directory / "special_tokens_map.json", specials)
         return directory

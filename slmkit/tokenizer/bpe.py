@@ -227,9 +227,33 @@ class BPETokenizer(Tokenizer):
             lengths[index] = 0
         return lengths
 
+    def special_token_id(self, token: str) -> int | None:
+        if self.hf is not None:
+            return next((i for i, t in self.hf.get_added_tokens_decoder().items() if t.content == token), None)
+        return self.encoding._special_tokens.get(token)
+
+    def with_special_tokens(self, tokens: list[str], name: str | None = None) -> BPETokenizer:
+        missing = [token for token in dict.fromkeys(tokens) if self.special_token_id(token) is None]
+        name = name or self.name
+        if self.hf is None:  # GPT-2 through tiktoken alone: the new ids join its special tokens
+            specials = {**self.encoding._special_tokens,
+                        **{token: self.vocab_size + i for i, token in enumerate(missing)}}
+            encoding = tiktoken.Encoding(name, pat_str=self.encoding._pat_str,
+                                         mergeable_ranks=self.encoding._mergeable_ranks, special_tokens=specials)
+            return BPETokenizer(name, self.kind, encoding=encoding, eot_id=self.eot_id, pad_id=self.pad_id)
+        hf = HFTokenizer.from_str(self.hf.to_str())
+        hf.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in missing])
+        ids = [hf.token_to_id(token) for token in missing]
+        if ids != list(range(self.vocab_size, self.vocab_size + len(missing))):
+            raise SlmError(f"tokenizer {self.name!r} gave the new special tokens {missing!r} ids {ids}, not the next "
+                           f"free ids from {self.vocab_size}; its vocabulary has gaps, so it cannot take them")
+        encoding = tiktoken_from_hf(hf, name) if self.encoding is not None else None
+        return BPETokenizer(name, self.kind, encoding=encoding, hf=hf, eot_id=self.eot_id, pad_id=self.pad_id)
+
     def _manifest_extra(self, directory: Path) -> dict:
-        if self.kind == "gpt2":
-            return {}
+        if self.kind == "gpt2":  # GPT-2's own files ship with tiktoken; only special tokens added later are saved
+            added = sorted((i, t) for t, i in self.encoding._special_tokens.items() if t != EOT_TOKEN)
+            return {"added_special_tokens": [t for _, t in added]} if added else {}
         write_text_atomic(directory / "tokenizer.json", self.hf.to_str())
         return {"tiktoken": self.encoding is not None}
 
