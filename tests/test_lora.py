@@ -169,6 +169,7 @@ def test_gate_is_refused_on_a_gelu_mlp_but_the_mlp_group_takes_what_exists():
 def test_o_means_the_attention_output_and_a_comma_string_is_split():
     model = add_lora(tiny_model(LLAMA), LoraOptions(rank=2, targets="qkv, o"))
     assert lora_summary(model)["targets"] == ["qkv", "out"]
+    assert LoraOptions(targets=["up,down", "qkv"]).targets == ("up", "down", "qkv")
 
 
 def test_a_tied_head_is_refused_as_a_target():
@@ -281,6 +282,39 @@ def test_merge_adapter_writes_a_checkpoint_with_the_adapted_logits_and_the_token
     assert (out / "slmkit_tokenizer.json").is_file()
     recorded = json.loads((out / "config.json").read_text())["merged_lora"]
     assert recorded["adapter"] == str(adapter_dir.resolve())
+
+
+def test_merge_prefers_the_adapters_own_tokenizer(tmp_path):
+    base_dir = saved_base(tmp_path)
+    (base_dir / "tokenizer.json").write_text('"base"')
+    chat_tokenizer = tmp_path / "chat-tokenizer"
+    chat_tokenizer.mkdir()
+    (chat_tokenizer / "slmkit_tokenizer.json").write_text('{"format": "slmkit-tokenizer"}')
+    (chat_tokenizer / "tokenizer.json").write_text('"chat"')
+    model = add_lora(load_model(base_dir), LoraOptions(rank=2))
+    adapter_dir = save_adapter(model, tmp_path / "adapter", base_dir, LoraOptions(rank=2),
+                               tokenizer_dir=chat_tokenizer)
+    out = merge_adapter(adapter_dir, tmp_path / "merged")
+    assert (out / "tokenizer.json").read_text() == '"chat"'
+    with pytest.raises(SlmError, match="no tokenizer in"):
+        save_adapter(model, tmp_path / "adapter2", base_dir, LoraOptions(rank=2), tokenizer_dir=tmp_path / "adapter2x")
+
+
+def test_a_moved_base_is_named_and_another_path_can_be_given(tmp_path):
+    base_dir = saved_base(tmp_path)
+    model = add_lora(load_model(base_dir), LoraOptions(rank=2))
+    adapter_dir = save_adapter(model, tmp_path / "adapter", base_dir, LoraOptions(rank=2))
+    moved = base_dir.rename(tmp_path / "moved")
+    with pytest.raises(SlmError, match=f"the base model of adapter {adapter_dir}, {base_dir.resolve()}, is not there"):
+        load_adapter(adapter_dir)
+    assert load_adapter(adapter_dir, base_dir=moved).checkpoint_dir == moved
+
+
+def test_a_checkpoint_is_not_an_adapter(tmp_path):
+    base_dir = saved_base(tmp_path)
+    assert not is_adapter_dir(base_dir) and not is_adapter_dir(tmp_path / "nothing")
+    with pytest.raises(SlmError, match="is not an slmkit LoRA adapter"):
+        load_adapter(base_dir)
 
 
 # -- PEFT: the ecosystem reads our files; its absence is one clear line ---------------------------

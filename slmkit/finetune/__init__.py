@@ -7,6 +7,7 @@ from slmkit.finetune.lora import (
     format_lora_summary,
     is_adapter_dir,
     load_adapter,
+    load_adapter_state,
     lora_summary,
     merge_adapter,
     merge_lora,
@@ -15,5 +16,5 @@ from slmkit.finetune.lora import (
 
 __all__ = [
     "LoraOptions", "adapter_state", "add_lora", "format_lora_summary", "is_adapter_dir", "load_adapter",
-    "lora_summary", "merge_adapter", "merge_lora", "save_adapter",
+    "load_adapter_state", "lora_summary", "merge_adapter", "merge_lora", "save_adapter",
 ]

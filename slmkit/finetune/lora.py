@@ -1,4 +1,4 @@
-"""LoRA adapters on a slmkit Transformer, through PEFT: add, summarise, save, load, merge.
+"""LoRA adapters on an slmkit Transformer, through PEFT: add, summarise, save, load, merge.
 
     from slmkit.finetune.lora import LoraOptions, add_lora, save_adapter, merge_adapter
     model = load_model("runs/nano/checkpoints/best")
@@ -11,7 +11,7 @@
 PEFT's `inject_adapter_in_model` wraps the chosen nn.Linear layers in place, so the model stays our
 Transformer (its forward, KV cache, generation and loss code keep working). The adapter directory holds
 PEFT's own files (adapter_config.json, adapter_model.safetensors with PEFT's key names, loadable by
-`peft.PeftModel.from_pretrained` on a slmkit Transformer) plus slmkit_adapter.json naming the base
+`peft.PeftModel.from_pretrained` on an slmkit Transformer) plus slmkit_adapter.json naming the base
 checkpoint and the sha256 of its weights, so an adapter is never applied to another model.
 PEFT is an optional dependency: it is imported inside the functions that need it.
 """
@@ -92,10 +92,9 @@ class LoraOptions:
         metavar="NAMES")
 
     def __post_init__(self) -> None:
-        if isinstance(self.targets, str):  # "qkv,out" from a command line or a config file
-            self.targets = tuple(word.strip() for word in self.targets.split(",") if word.strip())
-        else:
-            self.targets = tuple(self.targets)
+        # "qkv,out", ["qkv,out"] or ["qkv", "out"]: from a config file or a repeated command-line flag
+        words = [self.targets] if isinstance(self.targets, str) else list(self.targets)
+        self.targets = tuple(word.strip() for text in words for word in str(text).split(",") if word.strip())
 
     def validate(self) -> LoraOptions:
         """Raise SlmError naming the first option whose value cannot work; return self otherwise."""
@@ -178,7 +177,7 @@ def resolve_targets(model: Transformer, options: LoraOptions) -> list[str]:
 def add_lora(model: Transformer, options: LoraOptions) -> Transformer:
     """Add LoRA adapters to `model` in place (PEFT's inject_adapter_in_model) and freeze every base
     parameter, so that only the adapters train. A new adapter's B is zero: the outputs are unchanged
-    until it trains. Returns the model (still a slmkit Transformer).
+    until it trains. Returns the model (still an slmkit Transformer).
 
     Raises SlmError for bad options, a target that matches no layer, a model that has adapters already,
     or a missing peft package."""
@@ -309,12 +308,18 @@ def save_adapter(model, directory: str | os.PathLike, base_dir: str | os.PathLik
             raise SlmError(f"{directory} already exists; choose a new directory or pass overwrite=True to replace it")
     state = adapter_state(model)
     tokenizer_files = _tokenizer_files(Path(tokenizer_dir)) if tokenizer_dir is not None else {}
+    if tokenizer_dir is not None and not tokenizer_files:
+        raise SlmError(f"no tokenizer in {tokenizer_dir}: expected {MANIFEST} or tokenizer.json; pass a tokenizer "
+                       f"directory (a run's tokenizer/ folder, a dataset or a checkpoint), or no tokenizer_dir")
     with output_errors(directory, "the adapter", flag="directory"), atomic_dir(directory) as tmp:
         save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         _peft_config(model, base_dir).save_pretrained(str(tmp))
         meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "base": str(base_dir.resolve()),
                 "base_weights_sha256": base_meta.get("weights_sha256"), "base_model": base_config.to_dict(),
                 "lora": options.to_dict(), "layers": list(layers), "adapter_sha256": sha256_file(tmp / ADAPTER_WEIGHTS)}
+        clashes = sorted(set(extra or {}) & set(meta))
+        if clashes:
+            raise ValueError(f"save_adapter extra may not replace the adapter's own fields {clashes}")
         meta.update(extra or {})
         write_json_atomic(tmp / ADAPTER_META, meta)
         for name, source in tokenizer_files.items():
@@ -366,14 +371,14 @@ def read_adapter_meta(adapter_dir: str | os.PathLike) -> dict:
     if not adapter_dir.is_dir():
         raise SlmError(f"adapter not found: {adapter_dir}")
     if not path.is_file():
-        raise SlmError(f"{adapter_dir} is not a slmkit LoRA adapter (no {ADAPTER_META}); "
+        raise SlmError(f"{adapter_dir} is not an slmkit LoRA adapter (no {ADAPTER_META}); "
                        "adapters are written by save_adapter")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as error:
         raise SlmError(f"{path} is not valid JSON ({error}); the adapter is damaged") from None
     if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
-        raise SlmError(f"{path} is not a slmkit adapter description (format={_format_of(meta)!r})")
+        raise SlmError(f"{path} is not an slmkit adapter description (format={_format_of(meta)!r})")
     if meta.get("version") != ADAPTER_VERSION:
         raise SlmError(f"{path}: adapter version {meta.get('version')} is not supported "
                        f"(this slmkit reads version {ADAPTER_VERSION})")
