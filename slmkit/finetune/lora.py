@@ -445,6 +445,7 @@ def load_adapter(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike | N
 
 
 # -- merging --------------------------------------------------------------------------------------
+@torch.no_grad()
 def merge_lora(model) -> Transformer:
     """A plain Transformer (no adapter modules) whose weights are the base's plus each adapter's
     scaled B @ A, with the state_dict keys of a fresh Transformer of the config, on the model's device
