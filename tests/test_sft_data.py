@@ -184,7 +184,11 @@ def test_prepare_refuses_its_input_an_unrelated_directory_and_a_tokenizer_withou
     out = prepare_sft_data(rows, tokenizer, tmp_path / "out", seq_len=SEQ_LEN)
     with pytest.raises(SlmError, match="already holds SFT data; pass overwrite"):
         prepare_sft_data(rows, tokenizer, out, seq_len=SEQ_LEN)
-    assert prepare_sft_data(rows, tokenizer, out, seq_len=SEQ_LEN, seed=5, overwrite=True) == out
+    assert prepare_sft_data(rows, tokenizer, out, seq_len=SEQ_LEN, seed=5, overwrite=True, fingerprint="f1") == out
+    assert json.loads((out / "meta.json").read_text())["fingerprint"] == "f1"
+    (out / ".notes").write_text("a file prepare did not write")
+    with pytest.raises(SlmError, match="besides SFT data written there before, it holds .notes"):
+        prepare_sft_data(rows, tokenizer, out, seq_len=SEQ_LEN, overwrite=True)
     plain = train_tokenizer([make_text(0, 200)], "bpe:300")
     with pytest.raises(SlmError, match="has no chat tokens .*with_chat_tokens"):
         prepare_sft_data(rows, plain, tmp_path / "plain", seq_len=SEQ_LEN)

@@ -141,7 +141,7 @@ def _check_content(content, where: str, what: str) -> None:
 
 # -- preparing the directory --------------------------------------------------------------------------
 def prepare_sft_data(rows_path, tokenizer, out_dir, *, seq_len: int, val_fraction: float = 0.1, seed: int = 0,
-                     overlong: str = "truncate", overwrite: bool = False) -> Path:
+                     overlong: str = "truncate", overwrite: bool = False, fingerprint: str | None = None) -> Path:
     """Render the conversations of the JSONL file `rows_path` (see `read_rows`) with `tokenizer` (a
     Tokenizer, or anything `load_tokenizer` takes; it must have the chat tokens) into the SFT data
     directory `out_dir`, and return its path.
@@ -150,12 +150,14 @@ def prepare_sft_data(rows_path, tokenizer, out_dir, *, seq_len: int, val_fractio
     rows - 1, are validation. An example longer than seq_len + 1 tokens (one row of inputs and targets)
     keeps its first seq_len + 1 tokens with overlong="truncate" (and is dropped when no response token is
     left), or is dropped with overlong="drop"; meta.json counts both. Written atomically; an existing
-    `out_dir` is replaced only with `overwrite` and only when prepare_sft_data wrote it. Raises SlmError for
+    `out_dir` is replaced only with `overwrite` and only when prepare_sft_data wrote it (a file added to it
+    afterwards makes it the user's: record what it was made from in `fingerprint`, kept in meta.json, rather
+    than in a file of your own). Raises SlmError for
     bad rows (with the line number), fewer than 2 rows, a tokenizer without chat tokens, bad settings, a
     split left without examples, or an output directory it may not replace.
     """
     rows_path, out_dir = Path(rows_path).expanduser(), Path(out_dir).expanduser()
-    if not isinstance(seq_len, int) or seq_len < 1:
+    if not isinstance(seq_len, (int, np.integer)) or isinstance(seq_len, bool) or seq_len < 1:
         raise SlmError(f"seq_len {seq_len!r} must be a positive number of tokens")
     if not 0 < val_fraction < 1:
         raise SlmError(f"val_fraction {val_fraction} must be between 0 and 1 (e.g. 0.1 for a tenth of the rows)")
@@ -188,6 +190,8 @@ def prepare_sft_data(rows_path, tokenizer, out_dir, *, seq_len: int, val_fractio
                            f"and was dropped (overlong={overlong}); raise seq_len"
                            + (" or use overlong='truncate'" if overlong == "drop" else ""))
     meta = _meta(tokenizer, dtype, rows_path, numbered, val_rows, seq_len, overlong, val_fraction, seed, splits)
+    if fingerprint is not None:
+        meta["fingerprint"] = fingerprint
     with output_errors(out_dir, "the SFT data"), atomic_dir(out_dir) as tmp:
         for split in SPLITS:
             ids, mask, offsets = rendered[split]
