@@ -30,19 +30,22 @@ from slmkit.eval.lm_eval import write_lm_eval_task
 from slmkit.eval.perplexity import EvalOptions, EvalReport, EvalResult, evaluate_checkpoints, evaluate_models
 from slmkit.eval.status import RunStatus, format_status, run_status
 from slmkit.finetune.average import average_checkpoints
+from slmkit.finetune.lora import merge_adapter
+from slmkit.finetune.sft import FinetuneOptions
 from slmkit.generate import PRESETS, GenerationConfig, generate, model_tokenizer, resolve_config, stream
+from slmkit.generate.chat import ChatSession, has_chat_template
 from slmkit.generate.config import OVERFLOW_POLICIES
 from slmkit.interop.hf import export_hf, import_hf
 from slmkit.model.checkpoint import load_model
 from slmkit.model.stats import describe
-from slmkit.pipeline import QuickstartOptions, TrainOptions, quickstart, train
+from slmkit.pipeline import QuickstartOptions, TrainOptions, finetune, quickstart, train
 from slmkit.report import write_report
 from slmkit.rundir import resolve_checkpoint_dir
 from slmkit.tokenizer import load_tokenizer
 from slmkit.train import TrainResult
 
 __all__ = [
-    "average_checkpoints",
+    "average_checkpoints", "FinetuneOptions", "finetune", "merge_adapter", "ChatSession", "has_chat_template",
     "AuditReport", "CompareReport", "audit", "compare_models", "write_lm_eval_task",
     "EvalOptions", "EvalReport", "EvalResult", "RunStatus", "evaluate_checkpoints", "evaluate_models", "format_status",
     "run_status", "run_code_suite", "run_code_suite_on_checkpoints", "code_self_test",

@@ -1,5 +1,5 @@
-"""The chained stages of the API: a training run with its samples and report, and the quick start
-(prepare, train, samples, report). `slmkit.api` exports them; the CLI calls them from there.
+"""The chained stages of the API: a training run with its samples and report, the quick start
+(prepare, train, samples, report) and a fine-tune (rows, training, answers, report). `slmkit.api` exports them; the CLI calls them from there.
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ from pathlib import Path
 
 from slmkit.data import prepare
 from slmkit.errors import SlmError
+from slmkit.finetune.answers import write_answers
+from slmkit.finetune.lora import format_lora_summary, lora_summary
+from slmkit.finetune.sft import FinetuneOptions, resolve_finetune
 from slmkit.model.config import ModelConfig
 from slmkit.report import write_report
 from slmkit.report.samples import write_run_samples
 from slmkit.train import TrainConfig, Trainer, TrainResult, distributed, free_run_dir, resolve_run
-from slmkit.utils import option
+from slmkit.utils import option, write_json_atomic
 
 QUICKSTART_TOKENIZER = "bpe:4096"
 OVERRIDES_HELP = "override a field, e.g. --set n_layers=8 or --set train.lr=3e-4 (repeatable)"
@@ -72,11 +75,21 @@ def train(data: str | os.PathLike | None = None, out: str | os.PathLike | None =
     run = resolve_run(data, out, preset=preset, config=config, overrides=overrides, model_config=model_config,
                       train_config=train_config, resume=resume, resume_from=resume_from, init_from=init_from,
                       overwrite=overwrite)
-    trainer = Trainer(run, quiet=quiet, on_step=on_step)
+    return run_training(Trainer(run, quiet=quiet, on_step=on_step), quiet=quiet, report=report)
+
+
+def run_training(trainer: Trainer, *, quiet: bool = False, report: bool = True,
+                 before_report=None) -> TrainResult:
+    """Run a built Trainer; then, on the main process, its samples and report (unless report=False).
+    before_report(trainer, result) runs on the main process between the two (a fine-tune's answers)."""
+    run = trainer.run_config
     try:
         result = trainer.run()
         if trainer.is_main and report:
-            _write_samples(trainer, result, quiet)
+            if before_report is not None:
+                before_report(trainer, result)
+            else:
+                _write_samples(trainer, result, quiet)
             write_report(run.run_dir)
         # Every process leaves together: one that tore down its process group and exited while the
         # main one still wrote the report made gloo abort (SIGABRT) in 1 of ~6 two-process runs.
@@ -146,3 +159,46 @@ def quickstart(minutes: float = 3.0, data_dir: str | os.PathLike = "data/shakesp
         f"  best model:   {run_dir / 'checkpoints' / 'best'}\n"
         f"  metrics:      {run_dir / 'metrics.jsonl'}")
     return result
+
+
+def finetune(base: str | os.PathLike, options: FinetuneOptions | None = None, *, quiet: bool = False,
+             report: bool = True, on_step=None) -> TrainResult:
+    """Fine-tune the checkpoint (or run) `base` on chat rows (default: the shipped instruction set).
+
+    A training run whose data is the rows rendered with the chat template (loss on response tokens
+    only), whose model starts from `base` (with the chat tokens added when it has none), and whose
+    trainable parameters are LoRA adapters when options.lora. Before training, the base model's
+    held-out response loss is measured on the same examples; at the end answers.md holds the
+    fine-tuned model's greedy answers to held-out prompts beside the reference, and finetune.json
+    the before/after figures. Raises SlmError for bad input before anything is trained.
+    """
+    plan = resolve_finetune(base, options or FinetuneOptions())
+    trainer = Trainer(plan.run, quiet=quiet, on_step=on_step)
+    say = (lambda text: None) if quiet or not trainer.is_main else print
+    say(f"fine-tuning {plan.base} on {plan.rows} ({plan.run.data_dir})")
+    say(trainer.dataset.summary())
+    if plan.added_chat_tokens:
+        say("the base tokenizer has no chat tokens: added <|im_start|> and <|im_end|> (embedding rows start as the "
+            "mean of the others)")
+    if plan.lora is not None:
+        say(format_lora_summary(lora_summary(trainer.model)))
+    base_loss = trainer.evaluator.split_loss(trainer.model, "val")
+    base_bpb = trainer.dataset.bits_per_byte(base_loss, "val")
+    say(f"base model: held-out response loss {base_loss:.3f}" + (f" ({base_bpb:.3f} bits per byte)" if base_bpb else ""))
+
+    def answers(trainer: Trainer, result: TrainResult) -> None:
+        summary = {"base": str(plan.base), "rows": str(plan.rows), "data": str(plan.run.data_dir),
+                   "added_chat_tokens": plan.added_chat_tokens,
+                   "lora": plan.lora.to_dict() if plan.lora is not None else None,
+                   "base_val_loss": base_loss, "base_val_bpb": base_bpb,
+                   "val_loss": result.final_eval["val_loss"] if result.final_eval else None,
+                   "val_bpb": result.final_eval.get("val_bpb") if result.final_eval else None}
+        write_json_atomic(trainer.run_dir / "finetune.json", summary)
+        shown = write_answers(trainer.run_dir / "answers.md", trainer.model, trainer.dataset, count=8)
+        if result.final_eval:
+            say(f"\nheld-out response loss: base {base_loss:.3f} -> fine-tuned {summary['val_loss']:.3f}")
+        for prompt, reference, answer in shown[:3]:
+            say(f"\n> {prompt}\n  answer:    {answer}\n  reference: {reference}")
+        say(f"\nanswers to held-out prompts: {trainer.run_dir / 'answers.md'}")
+
+    return run_training(trainer, quiet=quiet, report=report, before_report=answers)

@@ -60,8 +60,14 @@ def register(subparsers) -> None:
                           help="print tokens as they are made (default on; off for beam search)")
     generate.set_defaults(run=_generate)
 
-    chat = subparsers.add_parser("chat", help="interactive continuation: type, the model continues")
+    chat = subparsers.add_parser(
+        "chat", help="chat turn by turn with a fine-tuned model (its chat template), or continue text",
+        description="With a model whose tokenizer has the chat tokens (one made by `slm finetune`), each line "
+                    "is a user turn and the model answers in the chat template until <|im_end|>. Otherwise (or "
+                    "with --raw) the model continues the transcript.")
     add_generation_arguments(chat)
+    chat.add_argument("--system", default=None, help="a system message opening the conversation (template mode)")
+    chat.add_argument("--raw", action="store_true", help="plain continuation even when the model has a template")
     chat.set_defaults(run=_chat)
 
 
@@ -146,6 +152,10 @@ def _chat(args) -> int:
     model, tokenizer, config = _load(args)
     if config.num_beams > 1 or config.num_return_sequences > 1:
         raise SlmError("chat streams one continuation: use --num-beams 1 and --num-return-sequences 1")
+    if not args.raw and api.has_chat_template(tokenizer):
+        return _chat_in_template(model, tokenizer, config, args.system)
+    if args.system:
+        raise SlmError("--system needs a model with a chat template (a fine-tuned one); this model continues text")
     interactive = sys.stdin.isatty()
     if interactive:
         print("slm chat: type text and the model continues it; empty line: continue; /reset; /quit")
@@ -169,4 +179,31 @@ def _chat(args) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         transcript += result.text
+    return 0
+
+
+def _chat_in_template(model, tokenizer, config, system: str | None) -> int:
+    """Each input line is a user turn; the model answers in the chat template."""
+    session = api.ChatSession(model, tokenizer, config, system=system)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("slm chat: the model answers in its chat template; /reset clears the conversation; /quit")
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/quit":
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line == "/reset":
+            session.reset()
+            print("(conversation cleared)")
+            continue
+        with _StreamAfterStart("") as reply:
+            session.reply(line, on_text=reply.on_text)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     return 0

@@ -39,6 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from slmkit.errors import SlmError
+from slmkit.finetune.lora import merge_lora
 from slmkit.model.checkpoint import (
     load_state,
     load_weights,
@@ -130,6 +131,18 @@ def restore_full_state(model, optimizer, weights: dict[str, torch.Tensor], optim
         set_optimizer_state_dict(model, opt, state, options=options)
 
 
+def _restore_trainable(model, saved: dict | None, checkpoint: Path) -> None:
+    """The trainable tensors of a LoRA fine-tune (saved in the training state) back into `model`."""
+    trainable = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+    if saved is None or set(saved) != set(trainable):
+        raise SlmError(f"{checkpoint} does not hold this fine-tune's adapters (its training state has "
+                       f"{len(saved or {})} trainable tensors, the run {len(trainable)}); resume from a checkpoint "
+                       f"of this run")
+    with torch.no_grad():
+        for name, parameter in trainable.items():
+            parameter.copy_(saved[name])
+
+
 def copy_checkpoint(source: Path, target: Path) -> Path:
     """Make `target` a copy of checkpoint `source`, swapped in atomically. A copy, not hard links:
     damage to one checkpoint's files (a truncated or overwritten file) never reaches another."""
@@ -219,8 +232,11 @@ class Checkpointer:
     """
 
     def __init__(self, run_dir: Path, dist: distributed.DistInfo, sharded: bool, keep_last: int,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", frozen_base: bool = False):
         self.run_dir = Path(run_dir)
+        # A LoRA fine-tune: checkpoints hold the merged weights (a plain checkpoint any command loads),
+        # and the training state the trainable tensors (adapters, added token rows) a resume restores.
+        self.frozen_base = frozen_base
         self.device = device  # where the collective that reports a failed write runs
         self.checkpoints = self.run_dir / CHECKPOINTS
         self.dist = dist
@@ -267,6 +283,10 @@ class Checkpointer:
         # collectives under DDP/FSDP: every process takes part
         weights, optimizer_state = full_state(model, optimizer, self.sharded)
         training_state = self._training_state(state, optimizer_state, scaler, train_config)
+        if self.frozen_base:
+            weights = model_state(merge_lora(model))
+            training_state["trainable"] = {name: parameter.detach().to("cpu").clone()
+                                           for name, parameter in model.named_parameters() if parameter.requires_grad}
         if ema is not None:
             training_state["ema"] = ema.state_dict()
         failure = None
@@ -366,6 +386,9 @@ class Checkpointer:
         elif saved["optimizer"].get("full_state_dict"):
             raise SlmError(f"{checkpoint} was saved by an FSDP run; resume it under torchrun with "
                            f"train.parallelism=fsdp")
+        elif self.frozen_base:  # the base came from init_from; the checkpoint adds the trained tensors
+            _restore_trainable(model, saved.get("trainable"), checkpoint)
+            optimizer.load_state_dict(saved["optimizer"])
         else:
             load_weights(model, tensors, str(checkpoint))
             optimizer.load_state_dict(saved["optimizer"])

@@ -10,6 +10,7 @@ train.tokens_per_step, max_steps from train.max_tokens) are computed here, so th
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class RunConfig:
     resume_from: Path | None = None  # the checkpoint an exact resume starts from
     init_from: Path | None = None  # the checkpoint whose weights started the run (kept across resumes)
     overwrite: bool = False
+    lora: dict | None = None  # a fine-tune's LoRA options (slmkit.finetune.lora.LoraOptions); None: all weights train
+    packing: bool = True  # a fine-tune's examples: packed several per row, or one per padded row
 
     @property
     def resume(self) -> bool:
@@ -87,6 +90,7 @@ def run_record(run: RunConfig, meta: dict, parameters: int, dist, setup, flops_p
         "data": {"path": str(run.data_dir), "vocab_size": meta.get("vocab_size"),
                  "tokenizer": meta.get("tokenizer"), "splits": meta.get("splits"), "identity": run.data_identity},
         "init_from": str(run.init_from) if run.init_from else None,
+        "finetune": {"lora": run.lora, "packing": run.packing} if _is_finetune(meta) else None,
         "parameters": parameters,
         "seq_len": run.seq_len,
         "tokens_per_step": run.tokens_per_step,
@@ -141,6 +145,30 @@ def identity_changes(before: dict, now: dict) -> list[str]:
     return changes
 
 
+SFT_FORMAT = "slmkit-sft-data"  # meta.json format of a fine-tune's examples (slmkit.finetune.sft_data)
+
+
+def _is_finetune(meta: dict) -> bool:
+    return meta.get("format") == SFT_FORMAT
+
+
+def open_training_data(directory: str | Path, seq_len: int | None = None, packing: bool = True):
+    """The dataset a run trains on: a pretraining dataset (`slm prepare`), or a fine-tune's examples
+    (slmkit.finetune.sft_data, rows rendered with the chat template), told apart by meta.json."""
+    try:
+        meta = json.loads((Path(directory) / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    if _is_finetune(meta):
+        from slmkit.finetune.sft_data import open_sft_data  # the fine-tune's data (same layer)
+
+        data = open_sft_data(directory, packing=packing)
+        if seq_len is not None:
+            data.check_window("train", seq_len)
+        return data
+    return open_dataset(directory, seq_len=seq_len)
+
+
 def free_run_dir(out: str | Path) -> Path:
     """`out` itself when unused, else out-2, out-3, ... (never an existing run)."""
     out = Path(out)
@@ -157,13 +185,17 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
                 model_config: ModelConfig | None = None, train_config: TrainConfig | None = None,
                 resume: str | Path | None = None, resume_from: str | Path | None = None,
                 init_from: str | Path | None = None, overwrite: bool = False,
-                world_size: int | None = None) -> RunConfig:
+                world_size: int | None = None, extend_vocab: bool = False, lora: dict | None = None,
+                packing: bool = True) -> RunConfig:
     """One RunConfig from a preset < config file < overrides (or ModelConfig/TrainConfig objects).
 
     resume: a run directory to continue exactly (its config.json is the base the overrides apply
     to; its dataset is reused unless `data` is given). resume_from: which checkpoint of that run to
     continue from: "last" (the default), "best", "step-N", or a checkpoint directory. init_from: a checkpoint or run directory
-    whose weights start a new run (its model config is used). `out` defaults to runs/<model name>
+    whose weights start a new run (its model config is used). extend_vocab: a fine-tune whose
+    tokenizer gained tokens (the chat tokens) over init_from's: the model's vocabulary grows to the
+    dataset's. lora: LoRA options (a dict) to train adapters only; packing: a fine-tune's example
+    layout. `out` defaults to runs/<model name>
     (runs/<name>-2 and so on when taken). Raises SlmError for anything that cannot work, naming
     it; nothing is written.
     """
@@ -192,6 +224,11 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
         data = data if data is not None else saved["data"]["path"]
         init_dir = Path(saved["init_from"]) if saved.get("init_from") else None
         resume_dir = _resume_checkpoint(run_dir, resume_from)
+        finetune = saved.get("finetune") or {}
+        lora, packing = finetune.get("lora"), finetune.get("packing", True)
+        if lora and (init_dir is None or not init_dir.is_dir()):
+            raise SlmError(f"cannot resume the LoRA fine-tune {run_dir}: its base checkpoint {init_dir} is gone "
+                           f"(the adapters need it); restore it there")
     elif init_from is not None:
         init_dir = resolve_checkpoint_dir(init_from)
         meta = read_checkpoint_config(init_dir)
@@ -212,7 +249,7 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
     if seq_len > model_config.context_length:
         raise SlmError(f"train.seq_len = {seq_len} exceeds the model context {model_config.context_length}; "
                        f"lower train.seq_len or raise --set context_length={seq_len}")
-    dataset = open_dataset(data, seq_len=seq_len)
+    dataset = open_training_data(data, seq_len=seq_len, packing=packing)
     identity = dataset_identity(dataset)
     if saved is not None and saved["data"].get("identity"):
         changes = identity_changes(saved["data"]["identity"], identity)
@@ -221,6 +258,8 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
                            f"Resume with the original dataset (`slm prepare` with the same inputs and options "
                            f"rebuilds it), or start a new run from this run's weights with --init-from {run_dir}")
     data_vocab = int(dataset.meta["vocab_size"])
+    if extend_vocab and saved is None and data_vocab > model_config.vocab_size:
+        model_config = model_config.replace(vocab_size=data_vocab)  # the added tokens get new embedding rows
     if data_vocab != model_config.vocab_size:
         raise SlmError(f"the dataset's tokenizer has {data_vocab:,} tokens but the model's vocab_size is "
                        f"{model_config.vocab_size:,}; add --set vocab_size={data_vocab} (or prepare the "
@@ -251,7 +290,7 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
                               legacy_output=_is_run(run_dir))
     return RunConfig(model=model_config, train=train_config, data_dir=dataset.dir.resolve(), run_dir=run_dir,
                      seq_len=seq_len, tokens_per_step=tokens_per_step, world_size=world_size, data_identity=identity,
-                     resume_from=resume_dir, init_from=init_dir, overwrite=overwrite)
+                     resume_from=resume_dir, init_from=init_dir, overwrite=overwrite, lora=lora, packing=packing)
 
 
 def _is_run(path: Path) -> bool:

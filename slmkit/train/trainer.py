@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from slmkit import runtime
-from slmkit.data.loader import open_dataset
 from slmkit.errors import SlmError
-from slmkit.model.checkpoint import load_state, load_weights
+from slmkit.finetune.chat import extend_embeddings
+from slmkit.finetune.lora import LoraOptions, add_lora
+from slmkit.model.checkpoint import load_state, load_weights, read_checkpoint_config
 from slmkit.model.stats import model_stats
 from slmkit.model.transformer import Transformer
 from slmkit.rundir import RunLock, read_metrics
@@ -43,7 +44,7 @@ from slmkit.train.loss import language_model_loss
 from slmkit.train.optim import build_optimizer
 from slmkit.train.parallelize import apply_activation_checkpointing, compile_model
 from slmkit.train.reporter import Reporter
-from slmkit.train.run_config import RunConfig, TrainResult, run_record
+from slmkit.train.run_config import RunConfig, TrainResult, open_training_data, run_record
 from slmkit.train.schedule import lr_factor, set_learning_rate
 
 
@@ -60,7 +61,7 @@ class Trainer:
         config = self.config
         self.dist = distributed.init_distributed(config.device)
         self.is_main = self.dist.is_main
-        self.dataset = open_dataset(run.data_dir)
+        self.dataset = open_training_data(run.data_dir, packing=run.packing)
         runtime.tune_allocator()
         self.governor = configure_training_threads(config.threads, pick_device(config.device, self.dist.local_rank),
                                                    self.dist.world_size, distributed.local_processes())
@@ -69,9 +70,11 @@ class Trainer:
         np.random.seed(config.seed)
         random.seed(config.seed)
         self.model = Transformer(run.model)
-        if run.load_init_weights:
-            _, weights, _ = load_state(run.init_from)
-            load_weights(self.model, weights, str(run.init_from))
+        if run.load_init_weights or (run.resume and run.lora):  # a LoRA resume rebuilds its frozen base
+            load_base_weights(self.model, run.init_from)
+        if run.lora:  # a fine-tune of adapters: the base weights freeze, only the adapters train
+            add_lora(self.model, LoraOptions.from_dict(run.lora))
+            train_added_rows(self.model, int(read_checkpoint_config(run.init_from)["model"]["vocab_size"]))
         if config.activation_checkpointing:
             apply_activation_checkpointing(self.model)
         self.model = self.model.to(self.setup.device).train()
@@ -82,7 +85,8 @@ class Trainer:
         self.ema = ExponentialMovingAverage(self.model, config.ema_decay) if config.ema_decay else None
         self.scaler = torch.amp.GradScaler("cuda") if self.setup.needs_grad_scaler else None
         sharded = self.dist.enabled and config.parallelism == "fsdp"
-        self.checkpointer = Checkpointer(self.run_dir, self.dist, sharded, config.keep_last, self.setup.device)
+        self.checkpointer = Checkpointer(self.run_dir, self.dist, sharded, config.keep_last, self.setup.device,
+                                         frozen_base=bool(run.lora))
         self.evaluator = Evaluator(self.dataset, run.seq_len, config.eval_batch_size or config.batch_size,
                                    config.eval_batches, self.setup, self.dist, shard=not sharded)
         self.flops_per_token = model_stats(run.model, context=run.seq_len).training_flops_per_token
@@ -346,3 +350,25 @@ class Trainer:
         else:
             self.reporter.started(run, self.model.num_parameters(), self.setup, self.dist.world_size, threads,
                                   self.dataset.meta.get("warnings") or [])
+
+
+def load_base_weights(model: Transformer, checkpoint) -> None:
+    """The weights of `checkpoint` into `model`; when the model's vocabulary is larger (a fine-tune
+    added the chat tokens), the new embedding rows start as the mean of the others."""
+    config, weights, _ = load_state(checkpoint)
+    if config.vocab_size < model.config.vocab_size:
+        _, weights = extend_embeddings(weights, config, model.config.vocab_size)
+    load_weights(model, weights, str(checkpoint))
+
+
+def train_added_rows(model: Transformer, base_vocab: int) -> None:
+    """Under LoRA, let the embedding (and untied head) rows of tokens the fine-tune added train, the
+    base's rows staying frozen (their gradient is zeroed, so Adam leaves them bit for bit): new
+    tokens such as <|im_end|> must become distinguishable, or the model cannot learn to stop."""
+    if model.config.vocab_size <= base_vocab:
+        return
+    for weight in {id(w): w for w in (model.embed.weight, model.lm_head.weight)}.values():
+        keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+        keep[base_vocab:] = 1
+        weight.requires_grad_(True)
+        weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
