@@ -111,15 +111,14 @@ def render_chat(tokenizer: Tokenizer, messages: list[dict],
 def _header_length(tokenizer: Tokenizer, header: str, ids: list[int]) -> int:
     """How many of `ids` (the encoding of header + content) belong to the header alone. Usually the
     header's own encoding is a prefix; when a token spans the boundary (content starting with a newline
-    can merge with the header's), it is counted as content, by the UTF-8 lengths of the tokens."""
+    can merge with the header's), it is counted as content: the first token whose decoded prefix is longer
+    than the header (a few tokens in, since the header is short)."""
     alone = tokenizer.encode(header)
     if ids[: len(alone)] == alone:
         return len(alone)
-    lengths = tokenizer.token_byte_lengths()
-    size, end = len(header.encode("utf-8")), 0
-    for count, token in enumerate(ids):
-        end += int(lengths[token])
-        if end > size:
+    size = len(header.encode("utf-8"))
+    for count in range(len(ids)):
+        if len(tokenizer.decode(ids[: count + 1], skip_special_tokens=False).encode("utf-8")) > size:
             return count
     return len(ids)
 
