@@ -35,7 +35,6 @@ from slmkit.utils import option
 
 SHIPPED_INSTRUCTIONS = Path(__file__).parent / "instructions.jsonl"
 OVERLONG = ("truncate", "drop")
-FINGERPRINT = ".slmkit-sft-fingerprint"  # rows + settings the data was made from (a dot file: not hashed as data)
 
 # A fine-tune's training defaults: short, gentle, evaluated often; `--set train.FIELD=VALUE` overrides.
 FINETUNE_TRAIN = dict(max_steps=300, lr=3e-4, warmup_steps=20, schedule="cosine", weight_decay=0.0,
@@ -137,8 +136,8 @@ def resolve_finetune(base: str | os.PathLike, options: FinetuneOptions | None = 
     data_dir = Path(options.data_dir) if options.data_dir else Path("data") / f"sft-{rows.stem}-{fingerprint[:10]}"
     if not _prepared(data_dir, fingerprint):
         prepare_sft_data(rows, tokenizer, data_dir, seq_len=seq_len, val_fraction=options.val_fraction,
-                         seed=options.seed, overlong=options.overlong, overwrite=data_dir.exists())
-        (data_dir / FINGERPRINT).write_text(fingerprint + "\n")
+                         seed=options.seed, overlong=options.overlong, overwrite=data_dir.exists(),
+                         fingerprint=fingerprint)
     out = options.out
     if out is None and resume is None:
         out = free_run_dir(Path("runs") / f"{base_model.name or 'model'}-sft")
@@ -151,7 +150,7 @@ def _prepared(data_dir: Path, fingerprint: str) -> bool:
     """Whether `data_dir` already holds the SFT data of these rows and settings."""
     try:
         meta = json.loads((data_dir / "meta.json").read_text())
-        return meta.get("format") == SFT_FORMAT and (data_dir / FINGERPRINT).read_text().strip() == fingerprint
+        return meta.get("format") == SFT_FORMAT and meta.get("fingerprint") == fingerprint
     except (OSError, ValueError):
         return False
 

@@ -41,20 +41,24 @@ class ChatSession:
 
     def prompt_ids(self) -> list[int]:
         """The conversation so far in the template, ending with the assistant header; the oldest turns
-        dropped while it leaves no room for max_new_tokens in the context."""
-        room = self.model.config.context_length - self.config.max_new_tokens
+        are dropped while it leaves less than room for the answer (max_new_tokens, at most half the
+        context); a last message too long even alone keeps its end."""
+        context = self.model.config.context_length
+        room = context - min(self.config.max_new_tokens, context // 2)
         while True:
             head = [{"role": "system", "content": self.system}] if self.system else []
             ids, _ = render_chat(self.tokenizer, head + self.messages, add_generation_prompt=True)
             if len(ids) <= room or len(self.messages) <= 1:
-                return ids[-max(room, 1):] if len(ids) > room else ids
-            self.messages = self.messages[2:] if len(self.messages) > 2 else self.messages[1:]
+                return ids[-room:]
+            self.messages = self.messages[2:]
 
     def reply(self, text: str, on_text: Callable[[int, str], None] | None = None) -> str:
         """The model's answer to the user message `text` (streamed to on_text(row, piece) if given)."""
         self.messages.append({"role": "user", "content": text})
         stops = sorted({*self.config.stop_token_ids, self.end_id})
-        output = generate(self.model, self.prompt_ids(), self.config.replace(stop_token_ids=stops),
+        prompt = self.prompt_ids()
+        budget = min(self.config.max_new_tokens, self.model.config.context_length - len(prompt))
+        output = generate(self.model, prompt, self.config.replace(stop_token_ids=stops, max_new_tokens=budget),
                           tokenizer=self.tokenizer, on_text=on_text)
         answer = output.text.strip()
         self.messages.append({"role": "assistant", "content": answer})
