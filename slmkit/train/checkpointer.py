@@ -336,9 +336,13 @@ class Checkpointer:
                  "run": str(self.run_dir.resolve()), "ema": {"decay": ema.decay, "updates": ema.updates}}
         tokenizer_dir = self.run_dir / TOKENIZER
         files = {p.name: p for p in tokenizer_dir.iterdir() if p.is_file()} if tokenizer_dir.is_dir() else {}
+        if self.frozen_base:  # a LoRA fine-tune: the averaged adapters merged into the base, as last/ holds
+            with ema.applied(model):
+                weights = model_state(merge_lora(model))
+        else:
+            weights = ema.weights(model)
         try:
-            write_checkpoint(self.checkpoints / EMA_CHECKPOINT, model.config, ema.weights(model), extra=extra,
-                             extra_files=files)
+            write_checkpoint(self.checkpoints / EMA_CHECKPOINT, model.config, weights, extra=extra, extra_files=files)
         except OSError as error:
             raise write_error(error, f"the step {state.step} EMA checkpoint in {self.checkpoints}") or error from None
 

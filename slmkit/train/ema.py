@@ -8,8 +8,9 @@ where n counts the updates made before this one. The bias-corrected warm start (
 towards `decay`) keeps the first steps' random initial weights from dominating the average for the
 ~1 / (1 - decay) steps a plain EMA would take to forget them.
 
-The shadow is one float32 copy of the parameters, on the training device. Buffers (rotary tables) are
-not averaged: they are functions of the config, taken from the model as they are. Under DDP every
+The shadow is one float32 copy of the trainable parameters, on the training device. Frozen ones (a
+LoRA fine-tune's base) never change, so their average is themselves; buffers (rotary tables) are
+functions of the config. Both are taken from the model as they are. Under DDP every
 process holds the same weights, so every process's EMA is the same; FSDP shards the weights and is
 refused (see TrainConfig.validate).
 """
@@ -44,23 +45,23 @@ class ExponentialMovingAverage:
         if not 0 < decay < 1:
             raise SlmError(f"EMA decay {decay!r} must be in (0, 1), e.g. 0.999")
         self.decay = float(decay)
-        self.updates = 0
-        self.shadow = {name: param.detach().to(torch.float32).clone() for name, param in model.named_parameters()}
+        self.reset(model)
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         """Move the shadow towards the model's current weights (one call per optimizer step)."""
         decay = warm_decay(self.decay, self.updates)
-        names, params = zip(*model.named_parameters(), strict=True)
-        shadows = [self.shadow[name] for name in names]
-        weights = [param.detach().to(torch.float32) for param in params]
+        params = dict(model.named_parameters())
+        shadows = list(self.shadow.values())
+        weights = [params[name].detach().to(torch.float32) for name in self.shadow]
         torch._foreach_lerp_(shadows, weights, 1.0 - decay)  # ema + (1 - d)(w - ema) = d ema + (1 - d) w
         self.updates += 1
 
     def reset(self, model: torch.nn.Module) -> None:
         """Start again from the model's current weights (a resumed run that had no EMA before)."""
         self.updates = 0
-        self.shadow = {name: param.detach().to(torch.float32).clone() for name, param in model.named_parameters()}
+        self.shadow = {name: param.detach().to(torch.float32).clone() for name, param in model.named_parameters()
+                       if param.requires_grad}
 
     # -- using the averaged weights -------------------------------------------------------------
     @contextlib.contextmanager
@@ -68,7 +69,7 @@ class ExponentialMovingAverage:
         """Within the block, `model` (the module the EMA was made from, not a compiled or DDP wrapper)
         holds the EMA weights, cast to its dtypes; its own weights are restored bit for bit after it,
         even on an error. Costs a temporary copy of the weights."""
-        params = dict(model.named_parameters())
+        params = {name: param for name, param in model.named_parameters() if name in self.shadow}
         with torch.no_grad():
             saved = {name: param.detach().clone() for name, param in params.items()}
             for name, param in params.items():
