@@ -143,3 +143,36 @@ def test_resuming_a_run_without_ema_with_ema_on_starts_the_average_there(data_di
     train(resume=run, overrides=["train.max_steps=6", "train.ema_decay=0.5"], quiet=True, report=False)
     meta = json.loads((run / "checkpoints" / "ema" / "config.json").read_text())
     assert meta["step"] == 6 and meta["ema"]["updates"] == 2
+
+
+def test_a_lora_fine_tune_with_ema_saves_the_averaged_adapters_merged_into_the_base(tmp_path):
+    pytest.importorskip("peft")
+    from conftest import make_text
+    from train_support import WORDS
+
+    from slmkit import api
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for index in range(8):
+        (corpus / f"doc{index}.txt").write_text(make_text(index), encoding="utf-8")
+    data = api.prepare([str(corpus)], tmp_path / "data", "bpe:512", progress=False).dir
+    overrides = [o for o in tiny_overrides(data, max_steps=4, eval_interval=0, checkpoint_interval=0)
+                 if not o.startswith(("context_length", "train.seq_len"))]
+    api.train(data, tmp_path / "base", overrides=[*overrides, "context_length=96", "train.seq_len=96"], quiet=True,
+              report=False)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"repeat {w}", "response": f"{w} {w}."}) + "\n" for w in WORDS))
+    out = tmp_path / "lora"
+    fast = ["train.max_steps=6", "train.eval_interval=6", "train.eval_batches=2", "train.batch_size=4",
+            "train.warmup_steps=2", "train.lr=3e-3", "train.precision=\"fp32\"", "train.device=\"cpu\"",
+            "train.tensorboard=false", "train.wandb=false", "train.threads=1", "train.ema_decay=0.5"]
+    api.finetune(tmp_path / "base", api.FinetuneOptions(data=str(rows), out=str(out), data_dir=str(out) + ".data",
+                                                        overrides=fast, lora=True), quiet=True)
+    _, last, _ = load_state(out / "checkpoints" / "last")
+    _, averaged, meta = load_state(out / "checkpoints" / "ema")
+    assert set(averaged) == set(last) and meta["ema"]["updates"] == 6  # plain merged keys, no adapter tensors
+    changed = {name for name in last if not torch.equal(last[name], averaged[name])}
+    assert "blocks.0.attn.qkv.weight" in changed  # an adapted matrix: the average of its merged updates
+    assert "blocks.0.attn_norm.weight" not in changed  # frozen: its average is itself
+    assert isinstance(train_events(out, "eval")[-1]["ema_val_loss"], float)
