@@ -13,7 +13,7 @@ from pathlib import Path
 from slmkit.data import prepare
 from slmkit.errors import SlmError
 from slmkit.finetune.answers import write_answers
-from slmkit.finetune.lora import format_lora_summary, lora_summary
+from slmkit.finetune.lora import format_lora_summary, lora_summary, save_adapter
 from slmkit.finetune.sft import FinetuneOptions, resolve_finetune
 from slmkit.model.config import ModelConfig
 from slmkit.report import write_report
@@ -193,6 +193,13 @@ def finetune(base: str | os.PathLike, options: FinetuneOptions | None = None, *,
                    "base_val_loss": base_loss, "base_val_bpb": base_bpb,
                    "val_loss": result.final_eval["val_loss"] if result.final_eval else None,
                    "val_bpb": result.final_eval.get("val_bpb") if result.final_eval else None}
+        if plan.lora is not None:  # the adapters alone (and any added token rows): small, applied to the base
+            adapter = save_adapter(trainer.model, trainer.run_dir / "adapter", plan.base, plan.lora,
+                                   extra={"run": str(trainer.run_dir.resolve()), "step": result.step},
+                                   tokenizer_dir=trainer.run_dir / "tokenizer", overwrite=True)
+            summary["adapter"] = str(adapter)
+            say(f"adapter: {adapter} ({sum(f.stat().st_size for f in adapter.iterdir()) / 1024:,.0f} KB); "
+                f"merge it into a plain checkpoint with: slm merge-lora {adapter} OUT")
         write_json_atomic(trainer.run_dir / "finetune.json", summary)
         shown = write_answers(trainer.run_dir / "answers.md", trainer.model, trainer.dataset, count=8)
         if result.final_eval:

@@ -92,6 +92,15 @@ def test_lora_fine_tune_trains_adapters_and_added_rows_only_and_saves_merged_wei
     assert not torch.equal(merged["blocks.0.attn.qkv.weight"], base_weights["blocks.0.attn.qkv.weight"])
     summary = json.loads((tmp_path / "lora" / "finetune.json").read_text())
     assert summary["lora"]["rank"] == 8 and summary["val_loss"] < summary["base_val_loss"]
+    # the adapter alone: small, and merged into its base it is the run's last checkpoint
+    adapter = tmp_path / "lora" / "adapter"
+    adapter_bytes = sum(f.stat().st_size for f in adapter.iterdir())
+    assert adapter_bytes < (base / "checkpoints" / "last" / "model.safetensors").stat().st_size / 2
+    api.merge_adapter(adapter, tmp_path / "merged")
+    _, remerged, _ = load_state(tmp_path / "merged")
+    for name, tensor in merged.items():
+        torch.testing.assert_close(remerged[name], tensor, atol=1e-6, rtol=0, msg=name)
+    assert has_chat_tokens(load_tokenizer(tmp_path / "merged"))
 
 
 def test_an_interrupted_lora_fine_tune_resumes_exactly(base, rows, tmp_path):
@@ -160,3 +169,23 @@ def test_model_overrides_and_a_missing_base_are_refused(base, rows, tmp_path):
         finetune(base, rows, tmp_path / "run", overrides=["n_layers=4"])
     with pytest.raises(SlmError, match="not found"):
         finetune(tmp_path / "nothing", rows, tmp_path / "run")
+
+
+def test_an_exported_fine_tune_gives_transformers_the_same_chat_ids(base, rows, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from slmkit.finetune.chat import render_chat
+
+    finetune(base, rows, tmp_path / "sft", overrides=["train.max_steps=6"], lora=True)
+    api.merge_adapter(tmp_path / "sft" / "adapter", tmp_path / "merged")
+    api.export_hf(tmp_path / "merged", tmp_path / "hf")
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "repeat river"},
+                {"role": "assistant", "content": "river river."}, {"role": "user", "content": "say king"}]
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    expected, _ = render_chat(load_tokenizer(tmp_path / "merged"), messages, add_generation_prompt=True)
+    ids = hf_tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    assert list(ids["input_ids"] if hasattr(ids, "keys") else ids) == expected
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    ours = slmkit.load(tmp_path / "merged")
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.tensor([expected])).logits, ours(torch.tensor([expected])),
+                                   atol=1e-4, rtol=1e-4)

@@ -36,6 +36,7 @@ from slmkit.model.checkpoint import (
     WEIGHTS_FILE,
     load_model,
     load_weights,
+    model_state,
     read_checkpoint_config,
     save_model,
     sha256_file,
@@ -60,6 +61,7 @@ ADAPTER_VERSION = 1
 ADAPTER_META = "slmkit_adapter.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # PEFT's file names, so PEFT tooling reads the directory
 ADAPTER_CONFIG = "adapter_config.json"
+ADDED_ROWS = "added_tokens.safetensors"  # embedding (and untied head) rows of tokens the fine-tune added
 ADAPTER_MARKER = ".slmkit-adapter"
 MERGE_MARKER = ".slmkit-merge-lora"
 ADAPTER_NAME = "default"  # PEFT's name for a model's one adapter
@@ -75,6 +77,7 @@ TARGET_ALIASES = {"o": "out"}  # the usual name of the attention output projecti
 FUSED_QKV = ("q", "k", "v")
 # Files of a checkpoint or adapter directory that are not the tokenizer's (everything else is).
 NOT_TOKENIZER_FILES = {CONFIG_FILE, WEIGHTS_FILE, "training_state.pt", ADAPTER_META, ADAPTER_WEIGHTS, ADAPTER_CONFIG,
+                       ADDED_ROWS,
                        ADAPTER_MARKER, MERGE_MARKER, "README.md"}
 
 
@@ -294,7 +297,10 @@ def save_adapter(model, directory: str | os.PathLike, base_dir: str | os.PathLik
     base_dir = resolve_checkpoint_dir(base_dir)
     base_meta = read_checkpoint_config(base_dir)
     base_config = ModelConfig.from_dict(base_meta["model"], where=str(base_dir / CONFIG_FILE))
-    if base_config.to_dict() != model.config.to_dict():
+    # a fine-tune that added tokens (the chat tokens) has more embedding rows than its base: those rows
+    # trained with the adapters and are saved beside them
+    added = model.config.vocab_size - base_config.vocab_size
+    if added < 0 or base_config.replace(vocab_size=model.config.vocab_size).to_dict() != model.config.to_dict():
         raise SlmError(f"the model being saved is not built like its base {base_dir}: its config differs in "
                        f"{_differing_fields(model.config, base_config)}; pass the checkpoint the model was loaded from")
     loaded_sha = getattr(model, "checkpoint_meta", {}).get("weights_sha256")
@@ -313,10 +319,15 @@ def save_adapter(model, directory: str | os.PathLike, base_dir: str | os.PathLik
                        f"directory (a run's tokenizer/ folder, a dataset or a checkpoint), or no tokenizer_dir")
     with output_errors(directory, "the adapter", flag="directory"), atomic_dir(directory) as tmp:
         save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        if added:
+            save_file(_added_rows(model, base_config.vocab_size), str(tmp / ADDED_ROWS), metadata={"format": "pt"})
         _peft_config(model, base_dir).save_pretrained(str(tmp))
         meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "base": str(base_dir.resolve()),
                 "base_weights_sha256": base_meta.get("weights_sha256"), "base_model": base_config.to_dict(),
                 "lora": options.to_dict(), "layers": list(layers), "adapter_sha256": sha256_file(tmp / ADAPTER_WEIGHTS)}
+        if added:
+            meta["added_tokens"] = {"vocab_size": model.config.vocab_size, "file": ADDED_ROWS,
+                                    "sha256": sha256_file(tmp / ADDED_ROWS)}
         clashes = sorted(set(extra or {}) & set(meta))
         if clashes:
             raise ValueError(f"save_adapter extra may not replace the adapter's own fields {clashes}")
@@ -414,6 +425,40 @@ def check_base(adapter_dir: str | os.PathLike, meta: dict, base_dir: str | os.Pa
     return base_dir
 
 
+def _added_rows(model, base_vocab: int) -> dict[str, torch.Tensor]:
+    """The per-token rows of the ids a fine-tune added (embedding; an untied head), to save with an adapter."""
+    rows = {"embed.weight": model.embed.weight[base_vocab:]}
+    if not model.config.tie_embeddings:
+        rows["lm_head.weight"] = model.lm_head.weight[base_vocab:]
+    return {name: tensor.detach().to("cpu").contiguous() for name, tensor in rows.items()}
+
+
+def _with_added_rows(base, adapter_dir: Path, added: dict, device, dtype) -> Transformer:
+    """`base` grown by the adapter's added token rows (saved by save_adapter), as a new Transformer."""
+    from slmkit.finetune.chat import extend_embeddings  # the same growth a fine-tune starts from
+
+    path = adapter_dir / str(added.get("file", ADDED_ROWS))
+    if not path.is_file() or (added.get("sha256") and sha256_file(path) != added["sha256"]):
+        raise SlmError(f"adapter {adapter_dir}: {path.name} is missing or does not match its hash; the adapter "
+                       f"is damaged")
+    rows = load_file(str(path))
+    config, state = extend_embeddings(model_state(base), base.config, int(added["vocab_size"]))
+    base_vocab = base.config.vocab_size
+    for name, tensor in rows.items():
+        if name not in state or tuple(tensor.shape) != (state[name].shape[0] - base_vocab, *state[name].shape[1:]):
+            raise SlmError(f"adapter {adapter_dir}: {path.name} holds {name} of shape {tuple(tensor.shape)}, which "
+                           f"does not fit the base; the adapter is damaged")
+        state[name] = torch.cat([state[name][:base_vocab], tensor.to(state[name].dtype)])
+    with torch.device("meta"):
+        grown = Transformer(config)
+    grown = grown.to_empty(device=device)
+    load_weights(grown, state, str(adapter_dir))
+    if dtype is not None:
+        grown = grown.to(dtype)
+    grown.checkpoint_dir, grown.checkpoint_meta = base.checkpoint_dir, base.checkpoint_meta
+    return grown.eval()
+
+
 def load_adapter(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Transformer:
     """The base model with the adapter of `adapter_dir` added and loaded, in eval mode.
@@ -437,6 +482,8 @@ def load_adapter(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike | N
     except (SafetensorError, OSError, ValueError) as error:
         raise SlmError(f"cannot read {weights}: {error}; the adapter is damaged") from None
     model = load_model(base_dir, device=device, dtype=dtype)
+    if meta.get("added_tokens"):
+        model = _with_added_rows(model, adapter_dir, meta["added_tokens"], device, dtype)
     add_lora(model, options)
     load_adapter_state(model, state, str(weights))
     model.adapter_dir = adapter_dir

@@ -37,10 +37,10 @@ SHIPPED_INSTRUCTIONS = Path(__file__).parent / "instructions.jsonl"
 OVERLONG = ("truncate", "drop")
 
 # A fine-tune's training defaults: short, gentle, evaluated often; `--set train.FIELD=VALUE` overrides.
-FINETUNE_TRAIN = dict(max_steps=300, lr=3e-4, warmup_steps=20, schedule="cosine", weight_decay=0.0,
+FINETUNE_TRAIN = dict(max_steps=300, lr=1e-3, warmup_steps=20, schedule="cosine", weight_decay=0.0,
                       batch_size=16, eval_interval=50, eval_batches=50, checkpoint_interval=0, samples=0,
                       dropout=0.0)
-LORA_TRAIN = dict(lr=2e-3)  # adapters start at zero and move only a few parameters: a larger rate
+LORA_TRAIN = dict(lr=3e-3)  # adapters start at zero and move only a few parameters: a larger rate
 
 
 @dataclass
