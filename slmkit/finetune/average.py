@@ -102,7 +102,8 @@ def _chosen_checkpoints(run_or_dirs, last: int | None, names: Sequence[str] | No
     for directory in directories:
         key = directory.resolve()
         if key in seen:
-            raise SlmError(f"checkpoint {directory} is given twice (as {seen[key]}); name each checkpoint once")
+            also = "" if seen[key] == directory else f" (also as {seen[key]})"
+            raise SlmError(f"checkpoint {directory} is given twice{also}; name each checkpoint once")
         seen[key] = directory
     return directories
 
