@@ -51,10 +51,11 @@ def test_a_validation_split_copied_from_training_is_flagged_as_a_leak_with_its_o
 
 
 def test_a_run_at_perplexity_1_15_on_a_leaking_split_is_not_trustworthy_and_says_why(tmp_path):
-    """The first write-up's failure: validation perplexity about 1.15 on ~200 KB whose validation text
-    is training text. A tiny CPU model does not memorise 200 KB within a test's time, so the run
-    directory is written as `slm train` writes it (config.json, checkpoints/, metrics.jsonl with eval
-    events and the warnings the trainer logs); the audit reads only those files."""
+    """The first write-up's failure, its figures synthesized: validation perplexity about 1.15 on
+    ~200 KB whose validation text is training text. The run directory is written as `slm train` writes
+    it (config.json, checkpoints/, metrics.jsonl with eval events), so this runs in a second; the
+    failure trained for real, a model driven to perplexity ~1.2 by slmkit's trainer, is
+    tests/test_audit_reproductions.py (slow)."""
     data = leaky_dataset(tmp_path / "ds")
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -66,7 +67,11 @@ def test_a_run_at_perplexity_1_15_on_a_leaking_split_is_not_trustworthy_and_says
     report = audit(run)
     assert not report.trustworthy
     assert "verdict: NOT TRUSTWORTHY — validation perplexity 1.15 with 100% of validation" in report.verdict
-    assert "(leak)" in report.verdict
+    assert "in training text (leak); 40 of 40 validation documents copied from training" in report.verdict
+    assert report.verdict.endswith("; memorised: validation 0.204 bits per byte, below what models of natural text "
+                                   "reach")
+    memorised = next(f for f in report.findings if f.kind == "memorised")
+    assert memorised.severity == PROBLEM and memorised.value == pytest.approx(0.14 / np.log(2) / 0.99)
     assert [h["step"] for h in report.history] == [250, 500, 750, 1000]
     assert report.history[-1]["gap"] == pytest.approx(-0.02)
     assert report.to_dict()["trustworthy"] is False
@@ -129,6 +134,41 @@ def test_slm_audit_prints_the_report_or_json(tmp_path, monkeypatch, capsys):
     assert printed["kind"] == "dataset" and printed["trustworthy"] is True
 
 
+def test_a_low_perplexity_without_a_leak_is_a_caution_not_a_problem(tmp_path):
+    data = write_dataset(tmp_path / "ds")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"format": "slmkit-run", "data": {"path": str(data)}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"event": "eval", "step": 10, "train_loss": 0.3, "val_loss": 0.3}))
+    report = audit(run)  # no bits per byte logged: the per-token perplexity 1.35 is judged
+    assert report.trustworthy and report.verdict == ("verdict: caution — validation perplexity 1.350 per token is "
+                                                     "implausibly low")
+
+
+def test_a_val_split_replaced_after_prepare_is_caught_though_meta_json_records_no_leak(tmp_path):
+    """A careless user copies a prepared dataset, replaces val.bin with a slice of train.bin and edits
+    meta.json's token counts to match: meta.json's leak check (0%) is stale; the audit recomputes it."""
+    sources = tmp_path / "src"
+    sources.mkdir()
+    for index, doc in enumerate(synthetic_text(120, seed=5)):
+        (sources / f"{index}.txt").write_text(doc)
+    data = tmp_path / "ds"
+    api.prepare([str(sources)], data, "char", val=0.1)
+    train = np.fromfile(data / "train.bin", dtype=np.uint16)
+    train[5000:8000].tofile(data / "val.bin")
+    meta = json.loads((data / "meta.json").read_text())
+    assert meta["leak_check"]["overlap_share"] < 0.05
+    meta["splits"]["val"]["tokens"] = 3000
+    (data / "meta.json").write_text(json.dumps(meta))
+    report = audit(data)
+    leak = next(f for f in report.findings if f.kind == "leak")
+    assert leak.severity == PROBLEM and leak.value == pytest.approx(1.0)
+    assert "recomputed on the token files; meta.json records" in leak.message
+    stale = next(f for f in report.findings if f.kind == "stale_meta")
+    assert stale.value == meta["leak_check"]["overlap_share"] and "changed after `slm prepare`" in stale.message
+    assert report.verdict.startswith("verdict: NOT TRUSTWORTHY — 100% of validation")
+
+
 def test_a_prepared_dataset_is_audited_from_its_meta_records(tmp_path):
     """What `slm prepare` recorded is reported (its leak check, its near-duplicate grouping), and a
     near-duplicate pair spanning the split, as meta.json records it, is a problem."""
@@ -140,7 +180,8 @@ def test_a_prepared_dataset_is_audited_from_its_meta_records(tmp_path):
     api.prepare([str(sources)], data, "char", val=0.1)
     report = audit(data)
     assert report.verdict.startswith("verdict: clean"), report.text()
-    assert "prepare's leak check" in next(f for f in report.findings if f.kind == "leak").message
+    assert "prepare's leak check, confirmed on the token files" in next(f for f in report.findings
+                                                                       if f.kind == "leak").message
     assert "prepare grouped 0 near-duplicate pairs" in report.text()
     meta = json.loads((data / "meta.json").read_text())
     meta["leak_check"]["near_duplicate_pairs_across_split"] = 3

@@ -1,7 +1,8 @@
 """Audit: is a run's validation figure, or a dataset's split, to be trusted?
 
-For a DATASET: the train/validation n-gram overlap (prepare's leak check from meta.json, recomputed with
-`slmkit.data.leak` when meta.json lacks it), validation documents that occur word for word in training
+For a DATASET: the train/validation n-gram overlap (recomputed with `slmkit.data.leak` on the token files
+up to LEAK_RECHECK_TOKENS, and compared with prepare's record in meta.json, which a dataset whose files
+were replaced after prepare carries stale; above that size, the record), validation documents that occur word for word in training
 (hashed token documents of the .bin files), and prepare's near-duplicate records. For a RUN: its
 dataset's audit (when config.json's data.path still exists) and its evaluation history: best and last
 validation loss, the train/validation gap over time, losses near zero, the honest-number warnings logged.
@@ -26,7 +27,10 @@ from slmkit.train.evaluator import NEAR_ZERO_LOSS, honesty_warnings, perplexity
 PROBLEM, CAUTION, OK = "problem", "caution", "ok"  # a finding's severity, worst first
 DUPLICATE_SHARE = 0.01  # validation documents found verbatim in training above this share: a problem
 LOW_BITS_PER_BYTE = 0.5  # validation bits per byte below this: no model of natural text gets there
+NEAR_ONE_PERPLEXITY = 1.5  # without bits per byte: a validation perplexity per token below this (< 0.59 bits)
 HASH_TOKENS_LIMIT = 1 << 28  # token files larger than this (in tokens) are not hashed document by document
+LEAK_RECHECK_TOKENS = 1 << 28  # token files up to this size (in tokens) get the leak check recomputed
+STALE_SHARE = 0.01  # a recorded overlap this far from the token files' own: meta.json is stale
 HONESTY_KINDS = ("memorising", "val_below_train", "near_zero_loss")
 
 
@@ -119,7 +123,7 @@ def _audit_run(path: Path) -> AuditReport:
                        "gap": None if e.get("train_loss") is None else round(e["val_loss"] - e["train_loss"], 6)}
                       for e in evals]
     findings += _history_findings(evals, events, dataset_findings)
-    report.findings = _sorted(findings + dataset_findings)
+    report.findings = _sorted(dataset_findings + findings)  # the data's problems explain the figures: first
     return report
 
 
@@ -141,10 +145,21 @@ def _history_findings(evals: list[dict], events: list[dict], dataset_findings: l
     leak = next((f for f in dataset_findings if f.kind == "leak" and f.severity == PROBLEM), None)
     if leak is not None:  # the leak explains the figure: say so in the verdict's reason
         leak.reason = f"validation perplexity {best_ppl:.2f} with {leak.reason}"
-    elif bpb is not None and bpb < LOW_BITS_PER_BYTE:
-        findings.append(Finding("low_perplexity", CAUTION, f"validation bits per byte {bpb:.3f} is below "
-                                f"{LOW_BITS_PER_BYTE}, lower than models of natural text reach; check the data",
-                                value=bpb, reason=f"validation {bpb:.3f} bits per byte is implausibly low"))
+    implausible = bpb < LOW_BITS_PER_BYTE if bpb is not None else best_ppl < NEAR_ONE_PERPLEXITY
+    if implausible:
+        figure = f"{bpb:.3f} bits per byte" if bpb is not None else f"perplexity {best_ppl:.3f} per token"
+        bound = f"{LOW_BITS_PER_BYTE} bits per byte" if bpb is not None else f"perplexity {NEAR_ONE_PERPLEXITY}"
+        if leak is not None:  # with the overlap, the figure is the model reciting what it memorised
+            findings.append(Finding(
+                "memorised", PROBLEM, f"validation {figure} (perplexity {best_ppl:.3f}) is below {bound}, lower "
+                "than models of natural text reach; the validation text is in the training text, so the model "
+                "recites what it memorised", value=bpb if bpb is not None else best_ppl,
+                reason=f"memorised: validation {figure}, below what models of natural text reach"))
+        else:
+            findings.append(Finding("low_perplexity", CAUTION, f"validation {figure} is below {bound}, lower than "
+                                    "models of natural text reach; check the data",
+                                    value=bpb if bpb is not None else best_ppl,
+                                    reason=f"validation {figure} is implausibly low"))
 
     low = [(e.get("step"), name, e[key]) for e in events if e.get("event") in ("train", "eval")
            for name, key in (("validation", "val_loss"), ("training", "train_loss"), ("training", "loss"))
@@ -183,12 +198,23 @@ def _dataset_findings(directory: Path) -> list[Finding]:
     train, val = dataset.train, dataset.val
     findings = []
 
-    leak = meta.get("leak_check")
-    source = "prepare's leak check"
-    if not leak or leak.get("overlap_share") is None:
-        splits = meta["splits"]["train"]
+    recorded = meta.get("leak_check") or {}
+    recorded_share = recorded.get("overlap_share")
+    leak, source = recorded, "prepare's leak check"
+    if recorded_share is None or len(train) + len(val) <= LEAK_RECHECK_TOKENS:
+        splits = meta["splits"]["train"]  # the bytes per token prepare's check used, so the n-gram length agrees
         bpt = (splits.get("bytes") or 0) / max(splits["tokens"] - splits.get("documents", 0), 1) or 1.0
-        leak, source = leak_check(train, val, dataset.eot_id, bpt), "recomputed"
+        leak = leak_check(train, val, dataset.eot_id, bpt)
+        source = "recomputed on the token files"
+        if recorded_share is not None and abs(recorded_share - leak["overlap_share"]) <= STALE_SHARE:
+            source = "prepare's leak check, confirmed on the token files"
+        elif recorded_share is not None:
+            source += f"; meta.json records {recorded_share:.1%}"
+            findings.append(Finding(
+                "stale_meta", CAUTION, f"meta.json's leak check records {recorded_share:.1%} overlap, the token files "
+                f"hold {leak['overlap_share']:.1%}: train.bin or val.bin changed after `slm prepare` wrote them, so "
+                "meta.json's other records (near-duplicates, split) describe other files", value=recorded_share,
+                reason="meta.json's records do not match its token files (changed after prepare)"))
     share, n = leak["overlap_share"], leak["ngram_tokens"]
     message = (f"{share:.1%} of validation {n}-token sequences (about {leak.get('ngram_bytes', '?')} bytes) "
                f"also occur in training ({source}; warn above {LEAK_WARN_SHARE:.0%})")
