@@ -41,10 +41,12 @@ from slmkit.model.stats import describe
 from slmkit.pipeline import QuickstartOptions, TrainOptions, finetune, quickstart, train
 from slmkit.report import write_report
 from slmkit.rundir import resolve_checkpoint_dir
+from slmkit.serve import ServedModel, ServeOptions, serve, start_server
 from slmkit.tokenizer import load_tokenizer
 from slmkit.train import TrainResult
 
 __all__ = [
+    "ServedModel", "ServeOptions", "serve", "start_server",
     "average_checkpoints", "FinetuneOptions", "finetune", "merge_adapter", "ChatSession", "has_chat_template",
     "AuditReport", "CompareReport", "audit", "compare_models", "write_lm_eval_task",
     "EvalOptions", "EvalReport", "EvalResult", "RunStatus", "evaluate_checkpoints", "evaluate_models", "format_status",
