@@ -216,18 +216,27 @@ def lora_summary(model) -> dict:
         raise SlmError("this model has no LoRA adapters: add them with add_lora first")
     first = next(iter(layers.values()))
     trainable = [p for p in model.parameters() if p.requires_grad]
-    adapter_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    # a matrix of which only some rows train (the embedding rows of tokens a fine-tune added,
+    # `trainable_rows` set by the trainer) counts those rows; Adam still keeps moments for all of it
+    adapter_bytes = sum(_trained_numel(p) * p.element_size() for p in trainable)
+    state_bytes = 2 * sum(p.numel() * p.element_size() for p in trainable)
     targets = []
     for name in layers:
         leaf = name.rpartition(".")[2]
         if leaf not in targets:
             targets.append(leaf)
-    trainable_count = sum(p.numel() for p in trainable)
+    trainable_count = sum(_trained_numel(p) for p in trainable)
+    added_rows = sum(_trained_numel(p) for p in trainable if hasattr(p, "trainable_rows"))
     total = sum(p.numel() for p in model.parameters())
     return {"rank": first.r[ADAPTER_NAME], "alpha": first.lora_alpha[ADAPTER_NAME], "layers": len(layers),
             "targets": targets, "trainable_parameters": trainable_count, "total_parameters": total,
             "trainable_fraction": trainable_count / total, "adapter_bytes": adapter_bytes,
-            "optimizer_state_bytes": 2 * adapter_bytes}
+            "added_token_parameters": added_rows, "optimizer_state_bytes": state_bytes}
+
+
+def _trained_numel(parameter) -> int:
+    rows = getattr(parameter, "trainable_rows", None)
+    return parameter.numel() if rows is None else rows * parameter[0].numel()
 
 
 def format_lora_summary(summary: dict) -> str:
@@ -235,7 +244,10 @@ def format_lora_summary(summary: dict) -> str:
     (1.96%), adapters 80 KB, optimizer state 160 KB"."""
     return (f"LoRA rank {summary['rank']} on {summary['layers']} layers ({', '.join(summary['targets'])}): "
             f"{summary['trainable_parameters']:,} trainable of {summary['total_parameters']:,} parameters "
-            f"({100 * summary['trainable_fraction']:.2f}%), adapters {_size(summary['adapter_bytes'])}, "
+            f"({100 * summary['trainable_fraction']:.2f}%"
+            + (f", {summary['added_token_parameters']:,} of them the added tokens' embedding rows"
+               if summary.get("added_token_parameters") else "")
+            + f"), adapters {_size(summary['adapter_bytes'])}, "
             f"optimizer state {_size(summary['optimizer_state_bytes'])}")
 
 

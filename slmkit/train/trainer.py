@@ -371,4 +371,5 @@ def train_added_rows(model: Transformer, base_vocab: int) -> None:
         keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
         keep[base_vocab:] = 1
         weight.requires_grad_(True)
+        weight.trainable_rows = model.config.vocab_size - base_vocab  # counted as such by lora_summary
         weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device, grad.dtype))
