@@ -182,15 +182,18 @@ class CompletionService:
         if system is not None and not chat:
             raise RequestError("\"system\" needs the chat template: a model fine-tuned for chat, with \"chat\" "
                                "true or unset")
-        if chat:
-            session = ChatSession(served.model, served.tokenizer, config, system=system)
-            session.messages.append({"role": "user", "content": prompt})
-            prompt_ids = session.prompt_ids()
-            room = served.model.config.context_length - len(prompt_ids)
-            config = config.replace(stop_token_ids=sorted({*config.stop_token_ids, session.end_id}),
-                                    max_new_tokens=max(0, min(config.max_new_tokens, room)))
-        else:
-            prompt_ids = served.tokenizer.encode(prompt) if prompt else []
+        try:  # a character the tokenizer cannot encode is the caller's to fix
+            if chat:
+                session = ChatSession(served.model, served.tokenizer, config, system=system)
+                session.messages.append({"role": "user", "content": prompt})
+                prompt_ids = session.prompt_ids()
+                room = served.model.config.context_length - len(prompt_ids)
+                config = config.replace(stop_token_ids=sorted({*config.stop_token_ids, session.end_id}),
+                                        max_new_tokens=max(0, min(config.max_new_tokens, room)))
+            else:
+                prompt_ids = served.tokenizer.encode(prompt) if prompt else []
+        except SlmError as error:
+            raise RequestError(f"cannot encode the prompt: {error}") from None
         if len(prompt_ids) > options.max_prompt_tokens:
             raise RequestError(f"prompt of {len(prompt_ids)} tokens exceeds this server's limit of "
                                f"{options.max_prompt_tokens}; shorten it", status=413)
