@@ -192,7 +192,11 @@ def finetune(base: str | os.PathLike, options: FinetuneOptions | None = None, *,
                    "lora": plan.lora.to_dict() if plan.lora is not None else None,
                    "base_val_loss": base_loss, "base_val_bpb": base_bpb,
                    "val_loss": result.final_eval["val_loss"] if result.final_eval else None,
-                   "val_bpb": result.final_eval.get("val_bpb") if result.final_eval else None}
+                   "val_bpb": result.final_eval.get("val_bpb") if result.final_eval else None,
+                   "examples": {split: {key: counts.get(key) for key in ("examples", "response_tokens", "truncated",
+                                                                           "dropped")}
+                                for split, counts in trainer.dataset.meta["splits"].items()},
+                   "overlong": trainer.dataset.meta.get("overlong")}
         if plan.lora is not None:  # the adapters alone (and any added token rows): small, applied to the base
             adapter = save_adapter(trainer.model, trainer.run_dir / "adapter", plan.base, plan.lora,
                                    extra={"run": str(trainer.run_dir.resolve()), "step": result.step},

@@ -75,6 +75,9 @@ def test_full_fine_tune_adds_the_chat_tokens_and_lowers_the_held_out_response_lo
     assert record["finetune"] == {"lora": None, "packing": True}
     answers = (tmp_path / "sft" / "answers.md").read_text()
     assert "- reference:" in answers and "Exact matches:" in answers
+    report = (tmp_path / "sft" / "report.md").read_text()
+    assert "## Fine-tune" in report and f"| base model | {summary['base_val_loss']:.4f}" in report
+    assert summary["examples"]["val"]["examples"] >= 1 and summary["examples"]["train"]["truncated"] == 0
 
 
 def test_lora_fine_tune_trains_adapters_and_added_rows_only_and_saves_merged_weights(base, rows, tmp_path):

@@ -6,6 +6,7 @@ can rebuild it at any time, also for an interrupted run.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -104,6 +105,7 @@ def build_report(run_dir: str | Path) -> str:
         lines += ["Bits per byte divide the loss by ln 2 and by the split's bytes per token, so models with "
                   "different tokenizers compare fairly. The training sample is a fixed sample of the training "
                   "split of the same size as the validation sample.", ""]
+    lines += _finetune_section(run_dir)
     lines += ["## Warnings", ""]
     if warnings:
         lines += [f"- **{w['kind']}**: {w['message']}" for w in warnings]
@@ -127,6 +129,31 @@ def build_report(run_dir: str | Path) -> str:
         body = text.split("\n", 1)[1] if text.startswith("# ") else text
         lines += ["## Samples", "", body.replace("\n## ", "\n### ").strip(), ""]
     return "\n".join(lines)
+
+
+def _finetune_section(run_dir: Path) -> list[str]:
+    """A fine-tune's before/after figures and its data counts (from finetune.json), or nothing."""
+    try:
+        summary = json.loads((run_dir / "finetune.json").read_text())
+    except (OSError, ValueError):
+        return []
+    lines = ["## Fine-tune", "", f"Base `{summary.get('base')}`, rows `{summary.get('rows')}`"
+             + (f", LoRA rank {summary['lora']['rank']} on {', '.join(summary['lora']['targets'])}"
+                if summary.get("lora") else ", all weights") + ".", "",
+             "| held-out responses | loss (nats) | bits per byte |", "|---|---|---|",
+             f"| base model | {_number(summary.get('base_val_loss'))} | {_number(summary.get('base_val_bpb'))} |",
+             f"| fine-tuned | {_number(summary.get('val_loss'))} | {_number(summary.get('val_bpb'))} |", ""]
+    examples = summary.get("examples") or {}
+    if examples:
+        lines += ["| split | examples | response tokens | truncated | dropped |", "|---|---|---|---|---|"]
+        lines += [f"| {split} | {c.get('examples')} | {c.get('response_tokens')} | {c.get('truncated')} | "
+                  f"{c.get('dropped')} |" for split, c in examples.items()]
+        lines += ["", f"Examples longer than a row: {summary.get('overlong')} (`--overlong`).", ""]
+    if (run_dir / "answers.md").is_file():
+        lines += ["Answers to held-out prompts: [answers.md](answers.md).", ""]
+    if summary.get("adapter"):
+        lines += [f"Adapter alone: `{summary['adapter']}` (`slm merge-lora` folds it into the base).", ""]
+    return lines
 
 
 def write_report(run_dir: str | Path) -> Path:
