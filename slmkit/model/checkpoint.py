@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from slmkit.errors import SlmError
 from slmkit.model.config import ModelConfig
 from slmkit.model.layers import RotaryEmbedding
+from slmkit.model.quantized import swap_in_quantized
 from slmkit.model.transformer import Transformer
 from slmkit.rundir import RUN_FORMAT, is_run_dir
 from slmkit.utils import atomic_dir
@@ -108,10 +109,21 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict:
     return meta
 
 
-def load_state(directory: str | os.PathLike, verify: bool = True) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
-    """(config, tensors, meta) of a checkpoint, after checking the weights' hash."""
+def load_state(directory: str | os.PathLike, verify: bool = True,
+               quantized: bool = False) -> tuple[ModelConfig, dict[str, torch.Tensor], dict]:
+    """(config, tensors, meta) of a checkpoint, after checking the weights' hash.
+
+    A quantized checkpoint (config.json's "quantization", written by `slm quantize`) holds integer
+    tensors, not float weights: refused unless `quantized`, so that a command needing float weights
+    (export, averaging, training from it) says so instead of failing on missing tensors.
+    """
     directory = Path(directory)
     meta = read_checkpoint_config(directory)
+    if meta.get("quantization") and not quantized:
+        record = meta["quantization"]
+        source = f" ({record['source']})" if record.get("source") else ""
+        raise SlmError(f"{directory} is quantized ({record.get('scheme')}) and holds no float weights; use the "
+                       f"float checkpoint it came from{source} here")
     config = ModelConfig.from_dict(meta["model"], where=str(directory / CONFIG_FILE)).validate()
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
@@ -133,10 +145,15 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu",
     directory is not a checkpoint: `slmkit.load` finds a run's best (else last) checkpoint.
     """
     directory = Path(directory)
-    config, state, meta = load_state(directory)
+    config, state, meta = load_state(directory, quantized=True)
     with torch.device("meta"):
         model = Transformer(config)
     model = model.to_empty(device=device)
+    if meta.get("quantization"):  # its Linear layers become QuantizedLinear (slmkit.model.quantized)
+        if torch.device(device).type != "cpu":
+            raise SlmError(f"{directory} is quantized ({meta['quantization'].get('scheme')}): its kernels run on "
+                           f"the CPU; load it with device='cpu' (--device cpu), or use the float source checkpoint")
+        swap_in_quantized(model, state, meta["quantization"], str(directory))
     load_weights(model, state, str(directory))
     if dtype is not None:
         model = model.to(dtype)
@@ -160,7 +177,7 @@ def load_weights(model, state: dict[str, torch.Tensor], where: str) -> None:
             raise SlmError(f"weights in {where}: {name} has shape {tuple(tensor.shape)}, "
                            f"the config needs {tuple(expected[name].shape)}")
     model.load_state_dict(state, strict=False, assign=False)
-    if model.config.tie_embeddings:
+    if model.config.tie_embeddings and isinstance(model.lm_head, torch.nn.Linear):  # not a quantized head
         model.lm_head.weight = model.embed.weight
     # Buffers that are not saved (rotary frequencies) must be recomputed after to_empty.
     for module in model.modules():
