@@ -246,6 +246,14 @@ def test_a_model_of_another_tokenizer_scores_a_dataset_as_its_decoded_documents_
     assert as_ids.retokenized_from is None and as_ids.tokens == sum(map(len, texts)) + 8 - 1
 
 
+def test_split_documents_across_chunk_boundaries_equals_a_split_on_end_of_text(monkeypatch):
+    tokens = np.array([5, 6, 9, 7, 9, 9, 1, 2, 3, 4, 5, 6, 7, 9, 8, 8], dtype=np.uint16)  # 9: end-of-text
+    for chunk in (1, 2, 3, 5, 100):
+        monkeypatch.setattr(perplexity, "SPLIT_CHUNK_TOKENS", chunk)
+        found = [(ids.tolist(), ended) for ids, ended in perplexity.split_documents(tokens, 9)]
+        assert found == [([5, 6], True), ([7], True), ([], True), ([1, 2, 3, 4, 5, 6, 7], True), ([8, 8], False)]
+
+
 def test_a_re_tokenized_dataset_is_named_in_the_table_and_the_json(tmp_path, data_dir):
     model = random_checkpoint(tmp_path / "bpe-model", train_tokenizer(synthetic_text(60, 0), "bpe:300"))
     report = evaluate_models([model], data=data_dir, context=16, **FP32)
