@@ -39,6 +39,7 @@ from slmkit.interop.hf import export_hf, import_hf
 from slmkit.model.checkpoint import load_model
 from slmkit.model.stats import describe
 from slmkit.pipeline import QuickstartOptions, TrainOptions, finetune, quickstart, train
+from slmkit.recipe import RecipeOptions, RecipeResult, load_recipe, recipe_names, run_recipe
 from slmkit.report import write_report
 from slmkit.rundir import resolve_checkpoint_dir
 from slmkit.serve import ServedModel, ServeOptions, serve, start_server
@@ -55,6 +56,7 @@ __all__ = [
     "TrainResult", "describe_model",
     "export_hf", "generate", "import_hf", "load", "load_tokenizer", "model_tokenizer", "open_dataset", "prepare",
     "presets", "quickstart", "report", "resolve_config", "stream", "train", "train_tokenizer_on_sources",
+    "RecipeOptions", "RecipeResult", "load_recipe", "recipe_names", "run_recipe",
 ]
 
 GENERATION_PRESETS = tuple(PRESETS)  # the sampling presets' names: creative, coherent, deterministic, greedy

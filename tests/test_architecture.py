@@ -18,7 +18,7 @@ PACKAGE_DIR = Path(slmkit.__file__).parent
 # package root "slmkit" holds only slmkit/__init__.py, so a new top-level module must be placed here.
 LAYERS: dict[str, int] = {
     **dict.fromkeys(("slmkit.cli", "slmkit.__main__"), 5),
-    **dict.fromkeys(("slmkit.api", "slmkit.pipeline"), 4),  # pipeline: the API's chained stages
+    **dict.fromkeys(("slmkit.api", "slmkit.pipeline", "slmkit.recipe"), 4),  # pipeline: the API's chained stages
     **dict.fromkeys(("slmkit.train", "slmkit.generate", "slmkit.eval", "slmkit.interop", "slmkit.report",
                      "slmkit.finetune", "slmkit.quantize", "slmkit.serve"), 3),
     **dict.fromkeys(("slmkit.model", "slmkit.data", "slmkit.tokenizer", "slmkit.config", "slmkit.rundir"), 2),
