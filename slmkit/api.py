@@ -35,7 +35,8 @@ from slmkit.finetune.sft import FinetuneOptions
 from slmkit.generate import PRESETS, GenerationConfig, generate, model_tokenizer, resolve_config, stream
 from slmkit.generate.chat import ChatSession, has_chat_template
 from slmkit.generate.config import OVERFLOW_POLICIES
-from slmkit.interop.hf import export_hf, import_hf
+from slmkit.interop.hf import DEFAULT_GENERATION_PRESET, DEFAULT_LICENSE, export_hf, import_hf
+from slmkit.interop.hub import push
 from slmkit.model.checkpoint import load_model
 from slmkit.model.stats import describe
 from slmkit.pipeline import QuickstartOptions, TrainOptions, finetune, quickstart, train
@@ -54,6 +55,7 @@ __all__ = [
     "run_status", "run_code_suite", "run_code_suite_on_checkpoints", "code_self_test",
     "DTYPES", "GENERATION_PRESETS", "OVERFLOW_POLICIES", "GenerationConfig", "PrepareOptions", "QuickstartOptions", "TrainOptions",
     "TrainResult", "describe_model",
+    "DEFAULT_GENERATION_PRESET", "DEFAULT_LICENSE", "push",
     "export_hf", "generate", "import_hf", "load", "load_tokenizer", "model_tokenizer", "open_dataset", "prepare",
     "presets", "quickstart", "report", "resolve_config", "stream", "train", "train_tokenizer_on_sources",
     "RecipeOptions", "RecipeResult", "load_recipe", "recipe_names", "run_recipe",

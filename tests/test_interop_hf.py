@@ -402,10 +402,14 @@ def test_config_from_hf_refuses_features_slmkit_does_not_compute(case, change, m
         config_from_hf(hf_config)
 
 
-def test_config_to_hf_refuses_a_config_no_hf_architecture_expresses():
-    config = ModelConfig(vocab_size=100, n_layers=2, d_model=32, n_heads=4, mlp="gelu", d_mlp=64, norm="layernorm",
-                         position="rope")
-    with pytest.raises(SlmError, match=r"LlamaForCausalLM.*norm = 'layernorm'.*mlp = 'gelu'"):
+@pytest.mark.parametrize("change, message", [
+    ({"mlp": "swiglu", "norm": "layernorm"}, r"LlamaForCausalLM.*norm = 'layernorm' \(needs 'rmsnorm'\)"),
+    ({"mlp": "gelu", "norm": "rmsnorm"}, r"GPTNeoXForCausalLM.*norm = 'rmsnorm' \(needs 'layernorm'\)"),
+    ({"mlp": "gelu", "norm": "layernorm", "n_kv_heads": 2}, r"GPTNeoXForCausalLM.*n_kv_heads = 2 \(needs 4\)"),
+])
+def test_config_to_hf_refuses_a_config_no_hf_architecture_expresses(change, message):
+    config = ModelConfig(vocab_size=100, n_layers=2, d_model=32, n_heads=4, d_mlp=64, position="rope", **change)
+    with pytest.raises(SlmError, match=message):
         config_to_hf(config)
 
 

@@ -1,5 +1,5 @@
-"""`slm import-hf` and `slm export-hf`: Hugging Face model directories to slmkit checkpoints and back
-(thin calls of `slmkit.api`)."""
+"""`slm import-hf`, `slm export-hf` and `slm push`: Hugging Face model directories to slmkit checkpoints and
+back, and exports uploaded to the Hub (thin calls of `slmkit.api`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from slmkit import api
 def register(subparsers) -> None:
     imp = subparsers.add_parser(
         "import-hf", help="convert a local Hugging Face model directory into an slmkit checkpoint",
-        description="Convert a Hugging Face GPT-2, Llama/SmolLM2 or Gemma 3 model directory (config.json plus "
-                    "safetensors, or pytorch_model.bin read without running code) into an slmkit checkpoint.",
+        description="Convert a Hugging Face GPT-2, Llama/SmolLM2, Gemma 3 or GPT-NeoX model directory (config.json "
+                    "plus safetensors, or pytorch_model.bin read without running code) into an slmkit checkpoint.",
     )
     imp.add_argument("hf_dir", metavar="HF_DIR", help="the Hugging Face model directory (holds config.json)")
     imp.add_argument("out", metavar="OUT", help="the slmkit checkpoint directory to write")
@@ -22,14 +22,43 @@ def register(subparsers) -> None:
     exp = subparsers.add_parser(
         "export-hf", help="write an slmkit checkpoint as a Hugging Face model directory",
         description="Write an slmkit checkpoint (or a run's best/last checkpoint) as config.json plus "
-                    "model.safetensors that transformers.AutoModelForCausalLM.from_pretrained loads.",
+                    "model.safetensors that transformers.AutoModelForCausalLM.from_pretrained loads, with the "
+                    "tokenizer, generation_config.json and a model card (README.md) written from the run.",
     )
     exp.add_argument("ckpt", metavar="CKPT", help="an slmkit checkpoint or run directory")
     exp.add_argument("out", metavar="OUT", help="the Hugging Face model directory to write")
     exp.add_argument("--force", action="store_true",
                      help="replace OUT when it is empty or an earlier export-hf output (never the input run or "
                           "checkpoint, a folder around them, a dataset or another checkpoint)")
+    _add_export_options(exp)
+    exp.add_argument("--no-card", dest="card", action="store_false", help="write no model card (README.md)")
     exp.set_defaults(run=_export_hf)
+
+    push = subparsers.add_parser(
+        "push", help="upload a model to the Hugging Face Hub",
+        description="Upload an HF export (slm export-hf), or a checkpoint or run exported on the way, to a Hugging "
+                    "Face Hub model repository (created when missing) with huggingface_hub. Needs the network and a "
+                    "token with write access (hf auth login, HF_TOKEN or --token).",
+    )
+    push.add_argument("source", metavar="RUN_OR_EXPORT", help="an HF export directory, or a checkpoint or run")
+    push.add_argument("repo", metavar="REPO", help="the Hub repository: NAME or OWNER/NAME")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--token", default=None,
+                      help="a Hub token with write access (default: the stored login or HF_TOKEN; a token on the "
+                           "command line is visible to other users of this machine)")
+    _add_export_options(push, when=" (when exporting a checkpoint or run)")
+    push.set_defaults(run=_push)
+
+
+def _add_export_options(parser, when: str = "") -> None:
+    parser.add_argument("--license", default=api.DEFAULT_LICENSE,
+                        help=f"the model card's license, a Hub id such as mit or apache-2.0 (default: other){when}")
+    parser.add_argument("--preset", choices=api.GENERATION_PRESETS, default=api.DEFAULT_GENERATION_PRESET,
+                        help=f"sampling defaults written to generation_config.json (default: "
+                             f"{api.DEFAULT_GENERATION_PRESET}, as slm generate){when}")
+    parser.add_argument("--no-audit", dest="audit", action="store_false",
+                        help=f"leave the slm audit verdict out of the model card (the audit reads the run's "
+                             f"dataset){when}")
 
 
 def _import_hf(args) -> int:
@@ -39,6 +68,14 @@ def _import_hf(args) -> int:
 
 
 def _export_hf(args) -> int:
-    out = api.export_hf(args.ckpt, args.out, overwrite=args.force)
+    out = api.export_hf(args.ckpt, args.out, overwrite=args.force, card=args.card, license=args.license,
+                        generation_preset=args.preset, audit=args.audit)
     print(f"wrote Hugging Face model {out}")
+    return 0
+
+
+def _push(args) -> int:
+    url = api.push(args.source, args.repo, private=args.private, token=args.token, license=args.license,
+                   generation_preset=args.preset, audit=args.audit)
+    print(f"pushed to {url}")
     return 0

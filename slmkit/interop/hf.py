@@ -4,7 +4,9 @@
 model.safetensors.index.json, or pytorch_model.bin read with `torch.load(weights_only=True)`, so no
 file can run code) and writes an slmkit checkpoint. `export_hf(CKPT, OUT)` writes config.json and
 model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained(OUT)` loads with the same
-logits. The mapping itself lives in hf_config.py (configs) and hf_state.py (tensors).
+logits, the tokenizer, generation_config.json (end-of-text ids and the sampling defaults of a
+generation preset) and a model card (README.md, model_card.py). The mapping itself lives in
+hf_config.py (configs) and hf_state.py (tensors).
 
 Both write into a temporary directory beside OUT and rename it into place, so a failure leaves
 nothing at OUT (and an earlier OUT as it was). An existing OUT is replaced only when asked
@@ -21,6 +23,7 @@ import os
 import pickle
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,15 +31,24 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from slmkit.errors import SlmError
-from slmkit.interop.hf_config import SUPPORTED_MODEL_TYPES, config_from_hf, config_to_hf, hf_family
-from slmkit.interop.hf_state import state_from_hf, state_to_hf, tensor_map
+from slmkit.generate.config import PRESETS, GenerationConfig
+from slmkit.interop.hf_config import (
+    ARCHITECTURES,
+    SUPPORTED_MODEL_TYPES,
+    config_from_hf,
+    config_to_hf,
+    hf_family,
+)
+from slmkit.interop.hf_state import state_from_hf, state_to_hf, tensor_map, without_zero_biases
+from slmkit.interop.model_card import DEFAULT_LICENSE, find_run, model_card
 from slmkit.model.checkpoint import load_state, write_checkpoint
 from slmkit.rundir import resolve_checkpoint_dir
 from slmkit.tokenizer import CHAT_TOKENS, MANIFEST, load_tokenizer
 from slmkit.utils import atomic_dir, check_replaceable, megabytes, output_errors, write_marker
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf", "export_hf", "hf_family", "import_hf",
-           "read_hf_config", "read_hf_weights", "state_from_hf", "state_to_hf", "tensor_map"]
+__all__ = ["DEFAULT_GENERATION_PRESET", "DEFAULT_LICENSE", "SUPPORTED_MODEL_TYPES", "config_from_hf", "config_to_hf",
+           "export_hf", "generation_config", "hf_family", "import_hf", "read_hf_config", "read_hf_weights",
+           "state_from_hf", "state_to_hf", "tensor_map"]
 
 # Tokenizer files of an HF model directory, carried over as they are.
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -48,6 +60,11 @@ PYTORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 # The marks import-hf and export-hf leave in what they write, so that --force may replace it later.
 IMPORT_MARKER = ".slmkit-import-hf"
 EXPORT_MARKER = ".slmkit-export-hf"
+GENERATION_CONFIG = "generation_config.json"
+MODEL_CARD = "README.md"
+# The preset `slm generate` samples with when none is named (slmkit.cli.generate), and so the export's default.
+DEFAULT_GENERATION_PRESET = "coherent"
+_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")  # a Hub license identifier: mit, apache-2.0, cc-by-4.0, other
 
 
 # -- reading an HF directory --------------------------------------------------------------------
@@ -131,9 +148,10 @@ def _read_sharded(hf_dir: Path, index_name: str, read) -> dict[str, torch.Tensor
 
 # -- import -------------------------------------------------------------------------------------
 def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Convert a local HF model directory (GPT-2, Llama/SmolLM2, Gemma 3) into an slmkit checkpoint.
+    """Convert a local HF model directory (GPT-2, Llama/SmolLM2, Gemma 3, GPT-NeoX) into an slmkit checkpoint.
 
-    Tensors keep their stored dtype. Tokenizer files found in `hf_dir` (tokenizer.json, vocab.json,
+    Tensors keep their stored dtype. A GPT-2 or GPT-NeoX bias group that is zero throughout (as an
+    slmkit export of a bias-free model writes it) imports as no bias (`without_zero_biases`). Tokenizer files found in `hf_dir` (tokenizer.json, vocab.json,
     merges.txt, ...) are copied into the checkpoint as they are. Returns the checkpoint directory.
     Raises SlmError (and writes nothing) for an unusable directory, an unsupported architecture or
     feature, missing, truncated or mis-shaped weights, or an existing `out_dir` without `overwrite`.
@@ -143,7 +161,9 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: 
     config = config_from_hf(hf_config)
     _check_out_dir(out_dir, overwrite, inputs=(hf_dir,), kind="an slmkit checkpoint (import-hf)",
                    marker=IMPORT_MARKER)
-    state = state_from_hf(read_hf_weights(hf_dir), config)
+    hf_state = read_hf_weights(hf_dir)
+    config = without_zero_biases(config, hf_state)
+    state = state_from_hf(hf_state, config)
     tokenizer_files = {name: hf_dir / name for name in HF_TOKENIZER_FILES if (hf_dir / name).is_file()}
     source = {"format": "huggingface", "path": str(hf_dir.resolve()), "model_type": hf_config.get("model_type"),
               "architectures": hf_config.get("architectures")}
@@ -182,16 +202,29 @@ def _state_bytes(state: dict[str, torch.Tensor]) -> int:
 
 
 # -- export -------------------------------------------------------------------------------------
-def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write an slmkit checkpoint as an HF model directory (config.json + model.safetensors).
+def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite: bool = False, *,
+              card: bool = True, license: str = DEFAULT_LICENSE, generation_preset: str = DEFAULT_GENERATION_PRESET,
+              audit: bool = True, model_id: str | None = None) -> Path:
+    """Write an slmkit checkpoint as an HF model directory: config.json, model.safetensors, the tokenizer,
+    generation_config.json and (with `card`) a model card, README.md.
 
     `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads it as GPT2LMHeadModel,
-    LlamaForCausalLM or Gemma3ForCausalLM with the same logits. `ckpt_dir` may be a checkpoint or a run
-    directory (its best, else last, checkpoint). A tokenizer saved in the checkpoint is exported too.
-    Returns `out_dir`. Raises SlmError (and writes nothing) when the checkpoint is missing or damaged,
-    its config fits no HF architecture exactly, or `out_dir` exists without `overwrite`.
+    LlamaForCausalLM, Gemma3ForCausalLM or GPTNeoXForCausalLM with the same logits. `ckpt_dir` may be a
+    checkpoint or a run directory (its best, else last, checkpoint). A tokenizer saved in the checkpoint
+    is exported too. generation_config.json holds the end-of-text id(s) and the sampling defaults of
+    `generation_preset` (see `generation_config`). The card is written from the checkpoint's run (see
+    `slmkit.interop.model_card`) under `license` (a Hub license id); `audit` adds the `slm audit`
+    verdict (it reads the run's dataset); `model_id` is the name its usage example loads (default: the
+    export's folder name). Returns `out_dir`. Raises SlmError (and writes nothing) when the checkpoint
+    is missing or damaged, its config fits no HF architecture exactly, the preset or license is
+    unknown, or `out_dir` exists without `overwrite`.
     """
     given, out_dir = Path(ckpt_dir), Path(out_dir)
+    if generation_preset not in PRESETS:
+        raise SlmError(f"unknown generation preset {generation_preset!r}; choose one of {', '.join(PRESETS)}")
+    if not isinstance(license, str) or not _LICENSE.match(license):
+        raise SlmError(f"license {license!r} is not a Hugging Face license identifier; use one in lower case, "
+                       f"e.g. mit, apache-2.0, cc-by-4.0, or other")
     ckpt_dir = resolve_checkpoint_dir(given)
     config, state, _ = load_state(ckpt_dir)
     dtype = str(state["embed.weight"].dtype).removeprefix("torch.") if "embed.weight" in state else "float32"
@@ -203,20 +236,64 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite
             atomic_dir(out_dir) as tmp:
         with _io_errors_as_os_errors(tmp / SAFETENSORS):
             save_file(hf_state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
-        for key, value in _export_tokenizer(ckpt_dir, tmp).items():
+        tokenizer = _export_tokenizer(ckpt_dir, tmp)
+        for key, value in tokenizer.ids.items():
             if hf_config.get(key) is None:  # ids recorded at import win over the tokenizer's
                 hf_config[key] = value
+        generation = generation_config(generation_preset, hf_config, tokenizer.end_of_turn_id)
+        (tmp / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+        if card:
+            text = model_card(ckpt_dir, run_dir=find_run(given, ckpt_dir),
+                              architecture=ARCHITECTURES[hf_family(config)], parameters=_numel(state),
+                              hf_parameters=_numel(hf_state), generation=generation,
+                              generation_preset=generation_preset, tokenizer=tokenizer.description,
+                              license=license, audit=audit, model_id=model_id or str(out_dir))
+            (tmp / MODEL_CARD).write_text(text)
         write_marker(tmp, EXPORT_MARKER, "an HF export")
     return out_dir
 
 
-def _export_tokenizer(ckpt_dir: Path, out_dir: Path) -> dict:
+def generation_config(preset: str, token_ids: dict, end_of_turn_id: int | None = None) -> dict:
+    """generation_config.json's fields: the special token ids and the sampling defaults of `preset`.
+
+    token_ids: bos/eos/pad ids (as in config.json; missing or None ones are left out). The eos id becomes
+    [eos, end_of_turn_id] for a chat tokenizer, so that `generate` stops at the end of a turn; pad
+    defaults to the first eos id (what transformers falls back to, without its warning). The preset
+    (slmkit.generate.config.PRESETS) gives do_sample, temperature, top_k, top_p, repetition_penalty and
+    max_new_tokens in transformers' names; a greedy preset writes do_sample false and no sampling fields.
+    """
+    fields = {key: token_ids[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+              if token_ids.get(key) is not None}
+    eos = fields.get("eos_token_id")
+    if end_of_turn_id is not None and eos is not None:
+        eos = [*(eos if isinstance(eos, list) else [eos]), end_of_turn_id]
+        fields["eos_token_id"] = list(dict.fromkeys(eos))
+    if "pad_token_id" not in fields and eos is not None:
+        fields["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
+    sampling = GenerationConfig.from_preset(preset)
+    fields["do_sample"] = not sampling.greedy
+    if not sampling.greedy:
+        fields.update({"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p})
+    fields.update({"repetition_penalty": sampling.repetition_penalty, "max_new_tokens": sampling.max_new_tokens})
+    return fields
+
+
+@dataclass
+class _ExportedTokenizer:
+    """What exporting the checkpoint's tokenizer gave: its special ids for config.json, the <|im_end|> id of
+    a chat tokenizer (else None), and a one-line description for the model card (None without one)."""
+
+    ids: dict
+    end_of_turn_id: int | None
+    description: str | None
+
+
+def _export_tokenizer(ckpt_dir: Path, out_dir: Path) -> _ExportedTokenizer:
     """The checkpoint's tokenizer in HF form: through slmkit.tokenizer when it can, else HF files copied.
 
-    Returns the special token ids the tokenizer defines ({"eos_token_id": ...}), for config.json. A
-    tokenizer with the chat tokens brings its chat template (tokenizer_config.json) and a
-    generation_config.json whose eos_token_id adds <|im_end|>, so that `generate` stops at the end of a turn.
+    A tokenizer with the chat tokens brings its chat template (tokenizer_config.json, written by
+    `Tokenizer.export_hf`) and its <|im_end|> id, which generation_config.json adds to the stop ids.
     """
     if (ckpt_dir / MANIFEST).is_file():
         tokenizer = load_tokenizer(ckpt_dir)
@@ -225,12 +302,19 @@ def _export_tokenizer(ckpt_dir: Path, out_dir: Path) -> dict:
             ids = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
             if tokenizer.pad_id is not None:
                 ids["pad_token_id"] = tokenizer.pad_id
-            if tokenizer.has_chat_tokens():
-                end_of_turn = tokenizer.special_token_id(CHAT_TOKENS[1])
-                generation = {**ids, "eos_token_id": [tokenizer.eot_id, end_of_turn]}
-                (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-            return ids
+            chat = tokenizer.has_chat_tokens()
+            end_of_turn = tokenizer.special_token_id(CHAT_TOKENS[1]) if chat else None
+            description = (f"{tokenizer.name} ({tokenizer.kind}), {tokenizer.vocab_size:,} tokens, end-of-text id "
+                           f"{tokenizer.eot_id}" + (", with the ChatML chat tokens and template" if chat else ""))
+            return _ExportedTokenizer(ids, end_of_turn, description)
+    copied = []
     for name in HF_TOKENIZER_FILES:
         if (ckpt_dir / name).is_file():
             shutil.copy2(ckpt_dir / name, out_dir / name)
-    return {}
+            copied.append(name)
+    description = f"Hugging Face tokenizer files carried over from the import ({', '.join(copied)})" if copied else None
+    return _ExportedTokenizer({}, None, description)
+
+
+def _numel(state: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() for t in state.values())

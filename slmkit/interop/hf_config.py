@@ -1,11 +1,13 @@
 """Model configs between slmkit and Hugging Face transformers, as plain dicts (no transformers import).
 
-Three HF architectures map onto ModelConfig switches exactly:
+Four HF architectures map onto ModelConfig switches exactly:
 
-    GPT2LMHeadModel    ("gpt2")         learned positions, LayerNorm, GELU (tanh) MLP, fused biased QKV
-    LlamaForCausalLM   ("llama")        RoPE, RMSNorm, SwiGLU, GQA (SmolLM2 is this)
-    Gemma3ForCausalLM  ("gemma3_text")  RoPE with two thetas, (1 + w) RMSNorm, sandwich norms, GeGLU,
-                                        QK-norm, sliding window, scaled embeddings
+    GPT2LMHeadModel     ("gpt2")         learned positions, LayerNorm, GELU (tanh) MLP, fused biased QKV
+    LlamaForCausalLM    ("llama")        RoPE, RMSNorm, SwiGLU, GQA (SmolLM2 is this)
+    Gemma3ForCausalLM   ("gemma3_text")  RoPE with two thetas, (1 + w) RMSNorm, sandwich norms, GeGLU,
+                                         QK-norm, sliding window, scaled embeddings
+    GPTNeoXForCausalLM  ("gpt_neox")     RoPE over the whole head, LayerNorm, GELU (tanh) MLP, sequential
+                                         residual (the rotary GPT presets: gpt-tiny-27m, gpt-small-46m)
 
 A multimodal "gemma3" config is read through its `text_config`. Anything an HF config asks for that
 the slmkit model does not compute (rope scaling, logit soft-capping, ...) is refused with SlmError
@@ -18,9 +20,10 @@ from __future__ import annotations
 from slmkit.errors import SlmError
 from slmkit.model.config import ModelConfig
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "gemma3_text", "gemma3")
-ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM"}
-MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "gemma3": "gemma3_text"}
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "gemma3_text", "gemma3", "gpt_neox")
+ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "gemma3": "Gemma3ForCausalLM",
+                 "gpt_neox": "GPTNeoXForCausalLM"}
+MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "gemma3": "gemma3_text", "gpt_neox": "gpt_neox"}
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh-approximate GELU the slmkit model computes
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -46,16 +49,25 @@ _DEFAULTS = {
         "query_pre_attn_scalar": 256, "sliding_window": 4096, "layer_types": None,
         "final_logit_softcapping": None, "attn_logit_softcapping": None, "use_bidirectional_attention": False,
     },
+    "gpt_neox": {
+        "vocab_size": 50432, "hidden_size": 6144, "num_hidden_layers": 44, "num_attention_heads": 64,
+        "intermediate_size": 24576, "hidden_act": "gelu", "attention_dropout": 0.0, "hidden_dropout": 0.0,
+        "max_position_embeddings": 2048, "initializer_range": 0.02, "layer_norm_eps": 1e-5,
+        "tie_word_embeddings": False, "use_parallel_residual": True, "attention_bias": True,
+        "rotary_pct": 0.25, "rotary_emb_base": 10000.0,  # the v4 spellings of partial_rotary_factor, rope_theta
+    },
 }
-_DEFAULT_THETA = {"llama": 10000.0, "gemma3_full": 1_000_000.0, "gemma3_sliding": 10000.0}
+_DEFAULT_THETA = {"llama": 10000.0, "gemma3_full": 1_000_000.0, "gemma3_sliding": 10000.0, "gpt_neox": 10000.0}
 
 
 # -- HF -> slmkit -------------------------------------------------------------------------------
 def config_from_hf(hf_config: dict) -> ModelConfig:
-    """The ModelConfig of an HF `config.json` (a dict) for gpt2, llama, gemma3_text or gemma3.
+    """The ModelConfig of an HF `config.json` (a dict) for gpt2, llama, gemma3_text, gemma3 or gpt_neox.
 
     Raises SlmError for another model_type, or for a feature the slmkit model does not compute.
-    The HF special token ids (bos/eos/pad), when set, are kept in `config.extra["hf"]`.
+    The HF special token ids (bos/eos/pad), when set, are kept in `config.extra["hf"]`. Biases that the
+    HF architecture always has (GPT-2's, GPT-NeoX's LayerNorm and MLP biases) are switched on; an
+    import whose weights hold them all zero switches them off again (`hf_state.without_zero_biases`).
     """
     if not isinstance(hf_config, dict):
         raise SlmError(f"a Hugging Face config must be a JSON object, got {type(hf_config).__name__}")
@@ -66,13 +78,14 @@ def config_from_hf(hf_config: dict) -> ModelConfig:
     if model_type not in _DEFAULTS:
         raise SlmError(
             f"unsupported Hugging Face model_type {model_type!r}; slmkit converts "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} (GPT-2, Llama/SmolLM2, Gemma 3 text)"
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (GPT-2, Llama/SmolLM2, Gemma 3 text, GPT-NeoX)"
         )
     values = {**_DEFAULTS[model_type], **{k: v for k, v in hf_config.items() if v is not None}}
     for key in ("n_inner", "num_key_value_heads", "head_dim", "layer_types", "sliding_window"):  # None means something
         if key in hf_config and hf_config[key] is None:
             values[key] = None
-    reader = {"gpt2": _gpt2_from_hf, "llama": _llama_from_hf, "gemma3_text": _gemma3_from_hf}[model_type]
+    reader = {"gpt2": _gpt2_from_hf, "llama": _llama_from_hf, "gemma3_text": _gemma3_from_hf,
+              "gpt_neox": _neox_from_hf}[model_type]
     config = reader(values)
     tokens = {key: hf_config[key] for key in TOKEN_ID_KEYS if hf_config.get(key) is not None}
     if tokens:
@@ -199,6 +212,37 @@ def _gemma3_from_hf(values: dict) -> ModelConfig:
     )
 
 
+def _neox_from_hf(values: dict) -> ModelConfig:
+    if values["hidden_act"] not in TANH_GELUS:
+        raise _unsupported("gpt_neox", f"hidden_act = {values['hidden_act']!r} "
+                                       f"(slmkit's GELU MLP is the tanh form: {', '.join(TANH_GELUS)})")
+    if values["use_parallel_residual"]:
+        raise _unsupported("gpt_neox", "use_parallel_residual = true (slmkit adds attention, then the MLP, "
+                                       "to the residual in sequence)")
+    params = values.get("rope_parameters")
+    partial = values["rotary_pct"]
+    if isinstance(params, dict) and params.get("partial_rotary_factor") is not None:
+        partial = params["partial_rotary_factor"]
+    if partial not in (1, 1.0):
+        raise _unsupported("gpt_neox", f"rotary_pct (partial_rotary_factor) = {partial} (slmkit rotates the "
+                                       f"whole head: 1.0)")
+    _check_rope("gpt_neox", values.get("rope_scaling"))
+    d_model, n_heads = int(values["hidden_size"]), int(values["num_attention_heads"])
+    if d_model % n_heads:
+        raise _unsupported("gpt_neox", f"hidden_size = {d_model} not divisible by num_attention_heads = {n_heads}")
+    return ModelConfig(
+        family="gpt", vocab_size=int(values["vocab_size"]), context_length=int(values["max_position_embeddings"]),
+        n_layers=int(values["num_hidden_layers"]), d_model=d_model, n_heads=n_heads, n_kv_heads=n_heads,
+        head_dim=d_model // n_heads, mlp="gelu", d_mlp=int(values["intermediate_size"]),
+        norm="layernorm", norm_eps=float(values["layer_norm_eps"]), norm_bias=True, position="rope",
+        rope_theta=_rope_theta({**values, "rope_theta": values["rotary_emb_base"]}, "gpt_neox", None,
+                               _DEFAULT_THETA["gpt_neox"]),
+        attention_bias=bool(values["attention_bias"]), mlp_bias=True,
+        tie_embeddings=bool(values["tie_word_embeddings"]), dropout=float(values["hidden_dropout"]),
+        init_std=float(values["initializer_range"]),
+    )
+
+
 def _gemma3_window(values: dict, n_layers: int) -> tuple[int | None, int]:
     """(sliding_window, sliding_window_pattern) expressing the HF `layer_types` list exactly."""
     pattern = values.get("sliding_window_pattern", values.get("_sliding_window_pattern", 6))
@@ -228,15 +272,19 @@ def _gemma3_window(values: dict, n_layers: int) -> tuple[int | None, int]:
 
 # -- slmkit -> HF -------------------------------------------------------------------------------
 def hf_family(config: ModelConfig) -> str:
-    """"gpt2", "llama" or "gemma3": the HF architecture that expresses `config` exactly.
+    """"gpt2", "llama", "gemma3" or "gpt_neox": the HF architecture that expresses `config` exactly.
 
-    Raises SlmError listing every switch that none of them can express.
+    Chosen from the switches (learned positions: GPT-2; Gemma's norms, QK-norm, scaled embeddings or a
+    window: Gemma 3; a plain GELU MLP: GPT-NeoX; else Llama), then checked. Raises SlmError listing
+    every switch that the chosen (closest) architecture cannot express.
     """
     if config.position == "learned":
         family = "gpt2"
     elif (config.norm_placement == "sandwich" or config.norm_unit_offset or config.qk_norm
           or config.embedding_scale or config.sliding_window is not None):
         family = "gemma3"
+    elif config.mlp == "gelu":
+        family = "gpt_neox"
     else:
         family = "llama"
     problems = _MISFITS[family](config)
@@ -292,7 +340,21 @@ def _gemma3_misfits(config: ModelConfig) -> list[str]:
     return problems
 
 
-_MISFITS = {"gpt2": _gpt2_misfits, "llama": _llama_misfits, "gemma3": _gemma3_misfits}
+def _neox_misfits(config: ModelConfig) -> list[str]:
+    problems = _misfit(config, {"norm": "layernorm", "norm_placement": "pre", "mlp": "gelu", "position": "rope",
+                                "qk_norm": False, "embedding_scale": False, "sliding_window": None,
+                                "n_kv_heads": config.n_heads, "head_dim": config.d_model // config.n_heads})
+    if config.d_model % config.n_heads:
+        problems.append(f"d_model = {config.d_model} not divisible by n_heads = {config.n_heads} "
+                        f"(GPTNeoXConfig refuses it)")
+    if config.query_pre_attn_scalar not in (None, float(config.head_dim)):
+        problems.append(f"query_pre_attn_scalar = {config.query_pre_attn_scalar} (needs None or head_dim)")
+    if config.rope_theta_local not in (None, config.rope_theta):
+        problems.append(f"rope_theta_local = {config.rope_theta_local} (GPT-NeoX has one rotary base)")
+    return problems
+
+
+_MISFITS = {"gpt2": _gpt2_misfits, "llama": _llama_misfits, "gemma3": _gemma3_misfits, "gpt_neox": _neox_misfits}
 
 
 def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict:
@@ -305,7 +367,8 @@ def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict:
     config.validate()
     family = hf_family(config)
     hf = {"architectures": [ARCHITECTURES[family]], "model_type": MODEL_TYPES[family]}
-    hf.update({"gpt2": _gpt2_to_hf, "llama": _llama_to_hf, "gemma3": _gemma3_to_hf}[family](config))
+    hf.update({"gpt2": _gpt2_to_hf, "llama": _llama_to_hf, "gemma3": _gemma3_to_hf,
+               "gpt_neox": _neox_to_hf}[family](config))
     tokens = config.extra.get("hf", {}) if isinstance(config.extra, dict) else {}
     for key in TOKEN_ID_KEYS:
         hf[key] = tokens.get(key)
@@ -363,3 +426,16 @@ def _gemma3_to_hf(config: ModelConfig) -> dict:
         "use_bidirectional_attention": False,
     }
 
+
+def _neox_to_hf(config: ModelConfig) -> dict:
+    # Sequential residual and rotary over the whole head; v4 spellings (rotary_pct, rotary_emb_base) and v5.
+    return {
+        "vocab_size": config.vocab_size, "hidden_size": config.d_model, "intermediate_size": config.d_mlp,
+        "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
+        "hidden_act": "gelu_pytorch_tanh", "max_position_embeddings": config.context_length,
+        "layer_norm_eps": config.norm_eps, "use_parallel_residual": False, "rotary_pct": 1.0,
+        "rotary_emb_base": config.rope_theta, "rope_scaling": None,
+        "rope_parameters": {**_rope_fields(config.rope_theta), "partial_rotary_factor": 1.0},
+        "attention_bias": config.attention_bias, "attention_dropout": config.dropout,
+        "hidden_dropout": config.dropout,
+    }
