@@ -37,6 +37,7 @@ from slmkit.generate.chat import ChatSession, has_chat_template
 from slmkit.generate.config import OVERFLOW_POLICIES
 from slmkit.interop.hf import DEFAULT_GENERATION_PRESET, DEFAULT_LICENSE, export_hf, import_hf
 from slmkit.interop.hub import push
+from slmkit.interop.onnx import export_onnx
 from slmkit.model.checkpoint import load_model
 from slmkit.model.stats import describe
 from slmkit.pipeline import QuickstartOptions, TrainOptions, finetune, quickstart, train
@@ -55,6 +56,7 @@ __all__ = [
     "run_status", "run_code_suite", "run_code_suite_on_checkpoints", "code_self_test",
     "DTYPES", "GENERATION_PRESETS", "OVERFLOW_POLICIES", "GenerationConfig", "PrepareOptions", "QuickstartOptions", "TrainOptions",
     "TrainResult", "describe_model",
+    "export_onnx",
     "DEFAULT_GENERATION_PRESET", "DEFAULT_LICENSE", "push",
     "export_hf", "generate", "import_hf", "load", "load_tokenizer", "model_tokenizer", "open_dataset", "prepare",
     "presets", "quickstart", "report", "resolve_config", "stream", "train", "train_tokenizer_on_sources",

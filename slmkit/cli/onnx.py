@@ -1,0 +1,33 @@
+"""`slm export-onnx`: an slmkit checkpoint as an ONNX model, with or without KV-cache inputs and outputs
+(a thin call of `slmkit.api.export_onnx`)."""
+
+from __future__ import annotations
+
+from slmkit import api
+from slmkit.interop.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+
+
+def register(subparsers) -> None:
+    exp = subparsers.add_parser(
+        "export-onnx", help="write an slmkit checkpoint as an ONNX model (onnxruntime, onnxruntime-genai)",
+        description="Write an slmkit checkpoint (or a run's best/last checkpoint) as OUT/model.onnx in float32, "
+                    "with KV-cache inputs and outputs (past_key_values.N.key/value -> present.N.key/value) unless "
+                    "--no-cache, beside config.json, genai_config.json and the tokenizer files. Needs the onnx "
+                    "extra: pip install 'slmkit[onnx]'.",
+    )
+    exp.add_argument("ckpt", metavar="CKPT", help="an slmkit checkpoint or run directory")
+    exp.add_argument("out", metavar="OUT", help="the ONNX model directory to write")
+    exp.add_argument("--no-cache", dest="cache", action="store_false",
+                     help="export input_ids -> logits only (every step reads the whole sequence)")
+    exp.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
+                     help=f"ONNX opset version, {MIN_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET})")
+    exp.add_argument("--force", action="store_true",
+                     help="replace OUT when it is empty or an earlier export-onnx output (never the input run or "
+                          "checkpoint, a folder around them, a dataset or another checkpoint)")
+    exp.set_defaults(run=_export_onnx)
+
+
+def _export_onnx(args) -> int:
+    out = api.export_onnx(args.ckpt, args.out, cache=args.cache, opset=args.opset, overwrite=args.force)
+    print(f"wrote ONNX model {out} ({'with' if args.cache else 'without'} KV cache, opset {args.opset})")
+    return 0
