@@ -20,7 +20,8 @@ def register(subparsers) -> None:
                     "a run is scored on its own dataset. --checkpoints scores every checkpoint of one run.")
     evaluate.add_argument("inputs", nargs="+", metavar="MODEL",
                           help="model directories, then any text files to score (files are text, directories models)")
-    evaluate.add_argument("--data", metavar="DATASET_DIR", help="a dataset made by `slm prepare` (its val split)")
+    evaluate.add_argument("--data", metavar="DATASET_DIR", help="a dataset made by `slm prepare` (its val split; a model of another tokenizer "
+                          "scores its text, decoded and re-tokenized)")
     add_options(evaluate, api.EvalOptions)
     evaluate.add_argument("--checkpoints", action="store_true",
                           help="score every checkpoint (step-N, best, last) of the run MODEL; write the table and a "
