@@ -306,14 +306,15 @@ def source_specs(recipe: Recipe, sample: str | os.PathLike | None = None) -> lis
     """The weighted source specs `prepare` reads: each remote source (the Hugging Face Hub) replaced by
     its sample file under `sample` when given. Without `sample`, SlmError at once when a remote source
     cannot be reached, naming it and --sample."""
-    specs = []
+    specs, probed, reason = [], False, None
     for source in recipe.sources:
         remote = _is_remote(source.spec, recipe)
         if remote and sample is not None:
             specs.append(source.weighted(str(_sample_file(source, Path(sample), recipe))))
             continue
         if remote and not offline_mode():
-            reason = hub_reachable()
+            if not probed:  # one probe (up to 3 s) for all the sources
+                probed, reason = True, hub_reachable()
             if reason is not None:
                 raise SlmError(f"recipe {recipe.name}: source {source.spec!r} is on the Hugging Face Hub, which is "
                                f"unreachable ({reason}); run with --sample DIR (local files standing in for the "

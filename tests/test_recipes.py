@@ -18,6 +18,7 @@ from slmkit.errors import SlmError
 from slmkit.eval.code import load_tasks
 from slmkit.recipe import (
     RECIPE_DIR,
+    RecipeResult,
     RecipeSource,
     compare_with_references,
     load_recipe,
@@ -25,6 +26,7 @@ from slmkit.recipe import (
     reference_model,
     source_specs,
 )
+from slmkit.train import TrainResult
 from slmkit.train.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -224,6 +226,10 @@ def test_the_comparison_runs_with_a_reference_found_in_the_local_hf_cache(smoke_
     assert notes == [] and len(report.figures) == 2
     assert report.figures[0].bits_per_byte == pytest.approx(report.figures[1].bits_per_byte)  # the same weights
     assert (tmp_path / "compare" / "compare.md").is_file()
+    summary = RecipeResult(recipe, out, out / "data", out / "run", TrainResult(out / "run", step=20),
+                           compare=report)
+    assert summary.to_dict()["compare"]["bits_per_byte"][str(snapshot)] == report.figures[1].bits_per_byte
+    assert f"compared: `{tmp_path / 'compare' / 'compare.md'}`" in summary.markdown()
 
 
 def test_offline_without_sample_fails_fast_naming_the_source_and_sample(tmp_path, monkeypatch, capsys):
