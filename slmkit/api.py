@@ -41,6 +41,7 @@ from slmkit.interop.onnx import export_onnx
 from slmkit.model.checkpoint import load_model
 from slmkit.model.stats import describe
 from slmkit.pipeline import QuickstartOptions, TrainOptions, finetune, quickstart, train
+from slmkit.quantize import quantize_checkpoint
 from slmkit.recipe import RecipeOptions, RecipeResult, load_recipe, recipe_names, run_recipe
 from slmkit.report import write_report
 from slmkit.rundir import resolve_checkpoint_dir
@@ -49,6 +50,7 @@ from slmkit.tokenizer import load_tokenizer
 from slmkit.train import TrainResult
 
 __all__ = [
+    "quantize_checkpoint",
     "ServedModel", "ServeOptions", "serve", "start_server",
     "average_checkpoints", "FinetuneOptions", "finetune", "merge_adapter", "ChatSession", "has_chat_template",
     "AuditReport", "CompareReport", "audit", "compare_models", "write_lm_eval_task",

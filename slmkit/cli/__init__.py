@@ -16,11 +16,12 @@ from slmkit import __version__
 from slmkit.cli import audit, average, code, compare, data, finetune, generate, interop, model, recipe, train
 from slmkit.cli import eval as evaluation
 from slmkit.cli import onnx as onnx_export
+from slmkit.cli import quantize as quantization
 from slmkit.cli import serve as serving
 from slmkit.errors import SlmError
 
 # The modules that add sub-commands, in `slm --help` order; each exposes register(subparsers).
-COMMAND_MODULES = (model, data, interop, onnx_export, train, recipe, finetune, generate, evaluation, code, audit, compare, average, serving)
+COMMAND_MODULES = (model, data, interop, onnx_export, train, recipe, finetune, generate, evaluation, code, audit, compare, average, quantization, serving)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -75,7 +75,7 @@ def unsupported_layer(name: str, layer: nn.Linear, scheme: str, group_size: int 
     """Why `layer` cannot be quantized under `scheme` (a one-line message with the fix), or None."""
     if scheme == "int4" and layer.in_features % group_size:
         fits = [g for g in INT4_GROUP_SIZES if layer.in_features % g == 0]
-        fix = f"use --group-size {fits[0]}" if fits else "use --to int8"
+        fix = f"use --group-size {fits[-1]}" if fits else "use --to int8"
         return (f"{name} has {layer.in_features} input features, not a multiple of the int4 group size "
                 f"{group_size}; {fix}")
     return None

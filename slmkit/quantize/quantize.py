@@ -113,7 +113,7 @@ def _check_out(out: Path, source: Path, overwrite: bool) -> None:
     if os.path.lexists(out):
         check_replaceable(out, [source], kind="a quantized checkpoint", marker=QUANTIZE_MARKER)
         if not overwrite:
-            raise SlmError(f"{out} already exists; choose a new OUT or pass --overwrite to replace it")
+            raise SlmError(f"{out} already exists; choose a new OUT or pass --force (overwrite=True) to replace it")
 
 
 def _check_layers(config: ModelConfig, layers: list[str], scheme: str, group_size: int) -> None:
