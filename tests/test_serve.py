@@ -41,7 +41,7 @@ class Throttle:
 
     def __init__(self, model: Transformer, eot_id: int):
         self.delay, self.eot_id = 0.0, eot_id
-        self.active = self.most_active = 0
+        self.active = self.most_active = self.forwards = 0
         self.lock = threading.Lock()
         model.register_forward_pre_hook(self.enter)
         model.lm_head.register_forward_hook(self.leave)
@@ -49,6 +49,7 @@ class Throttle:
     def enter(self, module, args):
         with self.lock:
             self.active += 1
+            self.forwards += 1
             self.most_active = max(self.most_active, self.active)
 
     def leave(self, module, args, logits):
@@ -185,8 +186,58 @@ def test_twenty_concurrent_requests_are_answered_or_refused_and_the_server_still
     assert all(a.json() == {"error": QUEUE_FULL} for a in answers if a.status_code == 429)
     assert all(len(a.json()["tokens"]) == 40 for a in answers if a.status_code == 200)
     assert server.throttle.most_active <= 2  # never more generations at once than --concurrency
-    assert httpx.get(server.url + "/api/health", timeout=30).json() == {"status": "ok", "admitted": 0, "capacity": 6}
+    assert wait_until_idle(server) == {"status": "ok", "admitted": 0, "capacity": 6}
     assert post(server, {"prompt": "still there", "max_new_tokens": 5}).status_code == 200
+
+
+def wait_until_idle(server, seconds: float = 30) -> dict:
+    deadline = time.monotonic() + seconds
+    while (health := httpx.get(server.url + "/api/health", timeout=30).json())["admitted"] and \
+            time.monotonic() < deadline:
+        time.sleep(0.02)
+    return health
+
+
+def test_the_server_answers_other_requests_while_a_generation_runs(server):
+    """Generation runs in a worker thread: mid-stream, the event loop still answers /api/health (which
+    sees the generation running) and /api/models."""
+    server.throttle.delay = 0.02
+    try:
+        body = {"prompt": "the cat", "seed": 1, "max_new_tokens": 40, "stream": True}
+        with httpx.stream("POST", server.url + "/api/complete", json=body, timeout=60) as response:
+            lines = response.iter_lines()
+            first = json.loads(next(lines))
+            during = httpx.get(server.url + "/api/health", timeout=30).json()
+            models = httpx.get(server.url + "/api/models", timeout=30).json()
+            rest = [json.loads(line) for line in lines if line]
+    finally:
+        server.throttle.delay = 0.0
+    assert set(first) == {"text"} and rest[-1]["done"] is True and len(rest[-1]["tokens"]) == 40
+    assert during["admitted"] == 1  # answered while the generation was still running
+    assert [m["name"] for m in models["models"]] == ["plain", "chatty"] and models["limits"]["max_queue"] == 4
+
+
+def test_a_caller_that_disconnects_mid_stream_stops_its_generation(server):
+    server.throttle.delay, before = 0.02, server.throttle.forwards
+    try:
+        body = {"prompt": "the cat", "seed": 2, "max_new_tokens": 60, "stream": True}
+        with httpx.stream("POST", server.url + "/api/complete", json=body, timeout=60) as response:
+            next(response.iter_lines())  # generation has started; then the caller goes away
+        health = wait_until_idle(server)
+    finally:
+        server.throttle.delay = 0.0
+    assert health["admitted"] == 0
+    assert server.throttle.forwards - before < 60  # stopped early: 60 tokens would take 60 forwards
+
+
+def test_generation_threads_use_the_threads_per_generation():
+    pool = GenerationPool(concurrency=1, max_queue=0, threads=1)
+    try:
+        assert pool.submit(torch.get_num_threads).result(timeout=10) == 1
+    finally:
+        pool.shutdown()
+    assert ServeOptions(concurrency=2, threads=None).threads_per_generation() >= 1
+    assert ServeOptions(concurrency=2, threads=3).threads_per_generation() == 3
 
 
 def test_the_pool_admits_concurrency_plus_queue_jobs_and_refuses_one_more():

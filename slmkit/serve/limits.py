@@ -72,7 +72,8 @@ class QueueFull(Exception):
 class GenerationPool:
     """Runs jobs in `concurrency` worker threads with `threads` torch threads each; at most
     `concurrency + max_queue` jobs are admitted (running or waiting) at once, and `submit` raises
-    QueueFull for one more."""
+    QueueFull for one more. (torch keeps one thread count per process for threads started later, so
+    those get `threads` too; the threads already running, the caller's included, keep theirs.)"""
 
     def __init__(self, concurrency: int, max_queue: int, threads: int):
         self.capacity = concurrency + max_queue

@@ -152,6 +152,8 @@ def serve(models: Sequence[str | os.PathLike | ServedModel], options: ServeOptio
     announce(f"serving {names} at {url} (web demo) and {url}/api/complete (JSON API); Ctrl-C to stop")
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then passed Ctrl-C on: the normal way to stop
+        announce("stopped")
     finally:
         service.close()
         sock.close()
