@@ -68,6 +68,8 @@ def test_each_kernel_computes_the_weight_its_stored_tensors_stand_for(scheme):
     tolerance = 0.05 if scheme == "int8-dynamic" else 0.01
     assert relative_error(layer(x), reference) < tolerance
     assert layer(x).shape == (3, 5, 96) and layer(x).dtype == torch.float32
+    last = x[:, -1]  # a strided view, as generation's output head reads the last position
+    assert not last.is_contiguous() and torch.equal(layer(last), layer(last.contiguous()))
     wrong = QuantizedLinear({**stored, "bias": bias.flip(0)}, scheme, group_size=32)
     assert relative_error(wrong(x), reference) > 0.1  # the comparison can fail
 

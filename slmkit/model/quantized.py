@@ -123,14 +123,14 @@ class QuantizedLinear(nn.Module):
         self.prepare()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
+        rows = x.reshape(-1, self.in_features).contiguous()  # the int4 kernel takes contiguous rows only
         if self.scheme == "int8":
             y = torch._weight_int8pack_mm(rows.to(KERNEL_DTYPE), self.qweight, self.int8_scales)
         elif self.scheme == "int4":
             y = torch._weight_int4pack_mm_for_cpu(rows.to(KERNEL_DTYPE), self.int4_packed, self.group_size,
                                                   self.int4_scales_and_zeros)
         else:  # int8 activations, quantized per call; reduce_range as torch's fbgemm default
-            y = torch.ops.quantized.linear_dynamic(rows.float().contiguous(), self.fbgemm_weight, True)
+            y = torch.ops.quantized.linear_dynamic(rows.float(), self.fbgemm_weight, True)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)

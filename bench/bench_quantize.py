@@ -1,0 +1,246 @@
+"""Quantization (issue 13): file size, decode speed and bits per byte of int8 / int4 against float, in one run.
+
+For each preset (random weights: the architecture sets the speed): the float checkpoint and its
+quantized copies (`slm quantize`) load with `slmkit.load`; slmkit's generation engine decodes greedily
+at batch 1 and 8, every variant and transformers' fp32 `generate` on the `slm export-hf` copy taking
+turns run by run (best of --repeats), so that other load on the machine hurts all alike. Decode
+tokens/s = batch * (N - 1) / (time for N new tokens - time for 1), as bench/bench_generate.py.
+Beside each row: the bytes of weights one decode step reads (every matrix once), and the floor that
+this machine's memory bandwidth (measured here: a sum over a 512 MB tensor) puts on a batch-1 step.
+Bits per byte: `slm eval` of a trained checkpoint (--trained, e.g. a quick-start run) and its
+quantized copies on its dataset's validation split.
+
+    python bench/bench_quantize.py --trained /tmp/q/run              # print the tables
+    python bench/bench_quantize.py --trained /tmp/q/run --write      # also docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: benchdocs
+
+from benchdocs import write_section  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+
+import slmkit.api  # noqa: E402
+from slmkit.config import load_model_config  # noqa: E402
+from slmkit.generate import GenerationConfig, generate  # noqa: E402
+from slmkit.model import Transformer, save_model  # noqa: E402
+from slmkit.model.quantized import QuantizedLinear  # noqa: E402
+from slmkit.quantize import quantize_checkpoint  # noqa: E402
+
+# name -> (quantize_checkpoint arguments or None for float, dtype the model is loaded in)
+VARIANTS = {
+    "fp32": (None, torch.float32),
+    "bf16": (None, torch.bfloat16),
+    "int8": ({"to": "int8"}, torch.bfloat16),
+    "int8 + head": ({"to": "int8", "quantize_head": True}, torch.bfloat16),
+    "int8 dynamic + head": ({"to": "int8", "mode": "dynamic", "quantize_head": True}, torch.float32),
+    "int4 (group 64)": ({"to": "int4", "group_size": 64}, torch.bfloat16),
+    "int4 (group 64) + head": ({"to": "int4", "group_size": 64, "quantize_head": True}, torch.bfloat16),
+}
+PEER = "transformers fp32"
+
+
+def build_variants(preset: str, root: Path) -> dict[str, Path]:
+    """The float checkpoint of `preset` (random weights, seed 0) and its quantized copies: name -> directory."""
+    torch.manual_seed(0)
+    float_dir = save_model(Transformer(load_model_config(preset=preset)), root / preset / "float")
+    dirs = {}
+    for name, (arguments, _) in VARIANTS.items():
+        dirs[name] = float_dir if arguments is None else quantize_checkpoint(
+            float_dir, root / preset / name.replace(" ", "_"), **arguments)
+    return dirs
+
+
+def hf_peer(float_dir: Path, root: Path):
+    import transformers
+
+    out = slmkit.api.export_hf(float_dir, root / "hf")
+    return transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the matrices one decode step reads: every Linear weight (a tied head once) and
+    every quantized layer's integer weights and scales."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, QuantizedLinear):
+            total += sum(t.numel() * t.element_size() for t in (module.qweight, module.scales, module.zeros)
+                         if t is not None)
+        elif isinstance(module, torch.nn.Linear):
+            total += module.weight.numel() * module.weight.element_size()
+    return total
+
+
+def memory_bandwidth(repeats: int = 5) -> float:
+    """Bytes/s of reading a 512 MB tensor once (a sum), the best of `repeats`."""
+    data = torch.ones(1 << 27, dtype=torch.float32)
+    best = min(timed(lambda: data.sum()) for _ in range(repeats))
+    return data.numel() * 4 / best
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(models: dict, hf, vocab: int, new_tokens: int, repeats: int, compile: bool) -> dict[str, dict]:
+    """Decode tokens/s at batch 1 and 8 per engine, best of `repeats` rounds taken in turn."""
+    prompt = torch.randint(3, vocab, (8, 16), generator=torch.Generator().manual_seed(1))
+    config = GenerationConfig(temperature=0.0, ignore_eot=True)
+
+    def ours(model, batch, n):
+        rows = prompt[:batch].tolist() if batch > 1 else prompt[0].tolist()
+        return lambda: generate(model, rows, config, max_new_tokens=n, compile=compile)
+
+    def theirs(batch, n):
+        ids = prompt[:batch]
+        return lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                                   min_new_tokens=n, eos_token_id=None, pad_token_id=0)
+
+    engines = {name: (lambda b, n, m=model: ours(m, b, n)) for name, model in models.items()}
+    engines[PEER] = theirs
+    results = {name: {} for name in engines}
+    with torch.inference_mode():
+        for name, run in engines.items():  # warm up (and compile) every path once
+            start = time.perf_counter()
+            run(1, 3)()
+            run(8, 3)()
+            results[name]["warmup_s"] = time.perf_counter() - start
+        for _ in range(repeats):
+            for name, run in engines.items():
+                for batch in (1, 8):
+                    rate = batch * (new_tokens - 1) / max(timed(run(batch, new_tokens)) - timed(run(batch, 1)), 1e-9)
+                    results[name][f"b{batch}"] = max(results[name].get(f"b{batch}", 0.0), rate)
+    return results
+
+
+def speed_table(preset: str, dirs: dict, models: dict, results: dict, bandwidth: float) -> list[str]:
+    float_size = (dirs["fp32"] / "model.safetensors").stat().st_size
+    bf16, peer = results["bf16"]["b1"], results[PEER]["b1"]
+    lines = [f"**{preset}**", "",
+             "| variant | file MB | weights read per token, MB | decode tok/s, batch 1 | vs bf16 | vs transformers "
+             "fp32 | bandwidth floor, tok/s | share of floor | decode tok/s, batch 8 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, model in models.items():
+        size = (dirs[name] / "model.safetensors").stat().st_size
+        if name == "bf16":
+            size = float_size // 2  # the bf16 row loads the fp32 file; a bf16 file is half of it
+        read = weight_bytes(model)
+        r = results[name]
+        floor = bandwidth / read
+        lines.append(f"| {name} | {size / 1e6:.1f} | {read / 1e6:.1f} | {r['b1']:.0f} | {r['b1'] / bf16:.2f}x | "
+                     f"{r['b1'] / peer:.2f}x | {floor:.0f} | {r['b1'] / floor:.0%} | {r['b8']:.0f} |")
+    r = results[PEER]
+    lines.append(f"| {PEER} (export-hf) | {float_size / 1e6:.1f} | | {r['b1']:.0f} | {r['b1'] / bf16:.2f}x | 1.00x "
+                 f"| | | {r['b8']:.0f} |")
+    return lines
+
+
+def speed_notes(preset: str, models: dict, results: dict, bandwidth: float) -> list[str]:
+    """The issue's speed targets for int8 at batch 1, met or not, and what the bytes read allow."""
+    bf16, peer, bf16_read = results["bf16"]["b1"], results[PEER]["b1"], weight_bytes(models["bf16"])
+    notes = []
+    for name in ("int8", "int8 + head"):
+        rate, read = results[name]["b1"], weight_bytes(models[name])
+        verdict = [f"{rate / bf16:.2f}x bf16 (target 1.7x: {'met' if rate >= 1.7 * bf16 else 'missed'})",
+                   f"{rate / peer:.2f}x transformers fp32 (target 3x: {'met' if rate >= 3 * peer else 'missed'})"]
+        notes.append(f"{preset}, {name}: {', '.join(verdict)}; it reads {read / 1e6:.1f} MB of weights per token "
+                     f"against bf16's {bf16_read / 1e6:.1f} MB, so at the same share of the bandwidth floor it "
+                     f"could reach {bf16_read / read:.2f}x bf16.")
+    return [" ".join(notes)]
+
+
+def bits_per_byte(trained: Path, data: str | None, root: Path, max_tokens: int | None) -> list[str]:
+    """Rows: bits per byte of the trained checkpoint and its quantized copies on its validation split."""
+    source = slmkit.api.resolve_checkpoint_dir(trained)
+    names, dirs = [], []
+    for name, (arguments, _) in VARIANTS.items():
+        if name == "bf16":
+            continue
+        names.append(name)
+        dirs.append(source if arguments is None else quantize_checkpoint(
+            source, root / "trained" / name.replace(" ", "_"), **arguments))
+    report = slmkit.api.evaluate_models([str(d) for d in dirs], data=data, max_tokens=max_tokens,
+                                        precision="fp32", progress=False)
+    values = [result.bits_per_byte for result in report.results]
+    scored = f"first {max_tokens:,} tokens" if max_tokens else f"{report.results[0].tokens:,} tokens"
+    lines = [f"Bits per byte of `{source}` (trained) on its dataset's validation split ({scored}, context "
+             f"{report.context}, float32 outside the kernels):", "",
+             "| variant | bits per byte | change vs fp32 |", "|---|---:|---:|"]
+    for name, value in zip(names, values, strict=True):
+        lines.append(f"| {name} | {value:.4f} | {value / values[0] - 1:+.2%} |")
+    change = {name: value / values[0] - 1 for name, value in zip(names, values, strict=True)}
+    int8 = max(abs(v) for k, v in change.items() if k.startswith("int8"))
+    int4 = max(abs(v) for k, v in change.items() if k.startswith("int4"))
+    lines += ["", f"Targets: int8 within 1% of float: {'met' if int8 <= 0.01 else 'missed'} (largest int8 change "
+                  f"{int8:.2%}); int4 within 5%: {'met' if int4 <= 0.05 else 'missed'} (largest int4 change {int4:.2%})."]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="slm-25m,nano")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine two stall on each other)")
+    parser.add_argument("--compile", action="store_true", help="slmkit decodes with its compiled step")
+    parser.add_argument("--trained", help="a trained run or checkpoint for the bits-per-byte table")
+    parser.add_argument("--data", help="the dataset of --trained (default: its run's)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="score only the validation split's first N tokens")
+    parser.add_argument("--write", action="store_true", help="replace the section in docs/benchmarks.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started, loads = time.perf_counter(), [os.getloadavg()[0]]
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        bandwidth = memory_bandwidth()
+        for preset in args.presets.split(","):
+            dirs = build_variants(preset, root)
+            models = {name: slmkit.load(dirs[name], dtype=VARIANTS[name][1]) for name in VARIANTS}
+            hf = hf_peer(dirs["fp32"], root / preset)
+            results = measure(models, hf, models["fp32"].config.vocab_size, args.new_tokens, args.repeats,
+                              args.compile)
+            body += [*speed_table(preset, dirs, models, results, bandwidth), "",
+                     *speed_notes(preset, models, results, bandwidth), ""]
+            loads.append(os.getloadavg()[0])
+            print("\n".join(body[-len(models) - 8:]), flush=True)
+        if args.trained:
+            body += [*bits_per_byte(Path(args.trained), args.data, root, args.max_tokens), ""]
+            print("\n".join(body[-len(VARIANTS) - 6:]), flush=True)
+    command = "python bench/bench_quantize.py " + " ".join(sys.argv[1:])
+    header = [
+        f"Command: `{command}` ({stamp}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {args.threads} torch thread(s); {(time.perf_counter() - started) / 60:.1f} min; "
+        f"1-minute load average {', '.join(f'{x:.1f}' for x in loads)} at the start and after each table). "
+        f"Random weights for speed; greedy, prompt 16 tokens, {args.new_tokens} new tokens, best of "
+        f"{args.repeats} rounds taken in turn{', slmkit compiled' if args.compile else ''}. Quantized variants "
+        f"load with their float parts (embedding, norms, a float head) in the dtype shown in "
+        f"docs/quantization.md; \"+ head\" quantizes the output head too. Memory bandwidth measured in the "
+        f"same run: {bandwidth / 1e9:.1f} GB/s; floor = bandwidth / weights read per token.",
+        "",
+    ]
+    print("\n".join(header))
+    if args.write:
+        write_section("## Quantization (issue 13)\n\n" + "\n".join(header + body) + "\n")
+
+
+if __name__ == "__main__":
+    main()
