@@ -286,3 +286,17 @@ def test_an_out_directory_holding_a_run_is_refused(tmp_path, samples, capsys):
     error = capsys.readouterr().err
     assert "already holds a run" in error and "slm train --resume" in error
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run"]
+
+
+def test_an_interrupted_training_skips_the_later_steps_and_says_how_to_continue(tmp_path, samples, monkeypatch):
+    def interrupted(data, out, **settings):
+        Path(out).mkdir(parents=True)
+        return TrainResult(Path(out), step=3, tokens=768, interrupted=True, stop_reason="interrupted")
+
+    monkeypatch.setattr("slmkit.recipe.train", interrupted)
+    assert main(["run", "smollm-corpus-smollm2", "--smoke", "--sample", str(samples), "--out", str(tmp_path / "out"),
+                 "--quiet"]) == 130
+    summary = json.loads((tmp_path / "out" / "recipe.json").read_text())
+    assert summary["eval"] is None and summary["export"] is None and not (tmp_path / "out" / "hf").exists()
+    assert summary["notes"] == [f"training was interrupted at step 3; the later steps were not run (continue with "
+                                f"`slm train --resume {tmp_path / 'out' / 'run'}`)"]
