@@ -41,7 +41,6 @@ from slmkit.interop.onnx import export_onnx
 from slmkit.model.checkpoint import load_model
 from slmkit.model.stats import describe
 from slmkit.pipeline import QuickstartOptions, TrainOptions, finetune, quickstart, train
-from slmkit.recipe import RecipeOptions, RecipeResult, load_recipe, recipe_names, run_recipe
 from slmkit.quantize import quantize_checkpoint
 from slmkit.recipe import RecipeOptions, RecipeResult, load_recipe, recipe_names, run_recipe
 from slmkit.report import write_report
