@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     push.add_argument("repo", metavar="REPO", help="the Hub repository: NAME or OWNER/NAME")
     push.add_argument("--private", action="store_true", help="create the repository private")
     push.add_argument("--token", default=None,
-                      help="a Hub token with write access (default: the stored login or HF_TOKEN; a token on the "
+                      help="a Hub token with write access (default: HF_TOKEN, else the stored login; a token on the "
                            "command line is visible to other users of this machine)")
     _add_export_options(push, when=" (when exporting a checkpoint or run)")
     push.set_defaults(run=_push)

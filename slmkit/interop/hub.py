@@ -38,8 +38,8 @@ def push(source: str | os.PathLike, repo_id: str, *, private: bool = False, toke
     source: an HF export directory (uploaded as it is, its export mark left out), or an slmkit
     checkpoint or run directory (exported first with `export_hf(..., license, generation_preset, audit)`
     into a temporary directory, removed afterwards). private: create the repository private (an
-    existing one keeps its visibility). token: a Hub token with write access (default: the one
-    `hf auth login` stored, or HF_TOKEN). endpoint: another Hub (default: huggingface.co, or HF_ENDPOINT).
+    existing one keeps its visibility). token: a Hub token with write access (default: HF_TOKEN,
+    else the one `hf auth login` stored). endpoint: another Hub (default: huggingface.co, or HF_ENDPOINT).
     Raises SlmError, before uploading anything, for a bad repository id, a missing source, offline mode
     (HF_HUB_OFFLINE), no token, or no network; and for a refused token or another error the Hub answers.
     """
