@@ -129,13 +129,15 @@ def test_export_refuses_a_bad_license_or_preset_and_writes_nothing(run_dir, tmp_
     assert not (tmp_path / "hf").exists()
 
 
-def test_cli_export_hf_takes_license_preset_and_no_audit(run_dir, tmp_path, capsys):
+def test_cli_export_hf_takes_license_preset_model_id_and_no_audit(run_dir, tmp_path, capsys):
     from slmkit.cli import main
 
     code = main(["export-hf", str(run_dir), str(tmp_path / "hf"), "--license", "mit", "--preset", "greedy",
-                 "--no-audit"])
+                 "--no-audit", "--model-id", "someone/tiny"])
     assert code == 0
-    assert front_matter((tmp_path / "hf" / "README.md").read_text())["license"] == "mit"
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert front_matter(card)["license"] == "mit" and "Audit" not in card
+    assert 'AutoTokenizer.from_pretrained("someone/tiny")' in card
     assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["do_sample"] is False
     assert main(["export-hf", str(run_dir), str(tmp_path / "x"), "--license", "Not A License"]) == 2
     assert capsys.readouterr().err.count("\n") == 1

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
                           "checkpoint, a folder around them, a dataset or another checkpoint)")
     _add_export_options(exp)
     exp.add_argument("--no-card", dest="card", action="store_false", help="write no model card (README.md)")
+    exp.add_argument("--model-id", default=None,
+                     help="what the card's usage example loads, e.g. the Hub repository you will push to "
+                          "(default: OUT)")
     exp.set_defaults(run=_export_hf)
 
     push = subparsers.add_parser(
@@ -69,7 +72,7 @@ def _import_hf(args) -> int:
 
 def _export_hf(args) -> int:
     out = api.export_hf(args.ckpt, args.out, overwrite=args.force, card=args.card, license=args.license,
-                        generation_preset=args.preset, audit=args.audit)
+                        generation_preset=args.preset, audit=args.audit, model_id=args.model_id)
     print(f"wrote Hugging Face model {out}")
     return 0
 
