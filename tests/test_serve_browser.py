@@ -44,7 +44,7 @@ def tiny_model(tokenizer, seed: int) -> Transformer:
     return Transformer(config).eval()
 
 
-def test_the_page_streams_both_models_side_by_side_after_a_prompt_is_typed(chromium, tmp_path):
+def test_the_page_streams_both_models_side_by_side_then_one_alone_after_a_prompt_is_typed(chromium, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from slmkit.serve import ServedModel, ServeOptions, start_server
@@ -69,8 +69,18 @@ def test_the_page_streams_both_models_side_by_side_after_a_prompt_is_typed(chrom
             shown = [page.locator(f"#output-{index} textarea").input_value() for index in range(2)]
             status = page.locator("#status").inner_text()
             page.screenshot(path=str(screenshot), full_page=True)
+            # One model alone, another seed: only its box changes.
+            page.locator("#target label", has_text="right").click()
+            page.locator("#seed input").fill("5")
+            page.locator("#generate").click()
+            page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed 5')",
+                                   timeout=60_000)
+            shown_alone = [page.locator(f"#output-{index} textarea").input_value() for index in range(2)]
         finally:
             browser.close()
     assert shown == expected
+    right_seed_5 = generate(models[1].model, "the cat", "coherent", tokenizer=tokenizer, seed=5, max_new_tokens=24,
+                            top_p=1.0).text
+    assert right_seed_5 != expected[1] and shown_alone == [expected[0], right_seed_5]
     assert "left" in status and "right" in status
     assert screenshot.stat().st_size > 0 and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

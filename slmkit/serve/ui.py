@@ -21,7 +21,8 @@ SIDE_BY_SIDE = "side by side"
 
 
 def build_ui(service: CompletionService) -> gr.Blocks:
-    """The Blocks page; its queue admits `max_queue` waiting visitors and runs `concurrency` at once."""
+    """The Blocks page; its queue admits `max_queue` (at least 1) waiting visitors and runs `concurrency`
+    at once, and each generation takes a slot of the service's pool like an API request."""
     options, models = service.options, service.models
     preset = PRESETS[options.preset]
     names = [served.name for served in models]
@@ -47,7 +48,7 @@ def build_ui(service: CompletionService) -> gr.Blocks:
                 top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (1: off)")
                 max_new_tokens = gr.Slider(1, options.max_new_tokens, value=min(128, options.max_new_tokens), step=1,
                                            label="Max new tokens")
-                seed = gr.Number(value=0, precision=0, label="Seed (blank: random)")
+                seed = gr.Number(value=0, precision=0, label="Seed (blank: random)", elem_id="seed")
         with gr.Row():
             outputs = [gr.Textbox(label=name, lines=10, interactive=False, elem_id=f"output-{index}")
                        for index, name in enumerate(names)]
@@ -69,7 +70,8 @@ def build_ui(service: CompletionService) -> gr.Blocks:
         inputs = [prompt, target, chat, preset_choice, temperature, top_k, top_p, max_new_tokens, seed]
         events = [trigger(run, inputs, [*outputs, status]) for trigger in (run_button.click, prompt.submit)]
         stop_button.click(None, cancels=events)
-    page.queue(max_size=options.max_queue, default_concurrency_limit=options.concurrency)
+    # Gradio's own queue of visitors, bounded like the pool (a max_size of 0 would refuse everyone).
+    page.queue(max_size=max(1, options.max_queue), default_concurrency_limit=options.concurrency)
     return page
 
 
