@@ -9,6 +9,8 @@ the parameter count, the dataset's Hub ids, the audit verdict. A bare checkpoint
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,6 +93,32 @@ def test_model_card_yaml_parses_and_its_figures_are_the_runs(run_dir, tmp_path):
     assert "`notes/*.txt` (3 files)" in text and "Not for factual use" in text
     assert "Audit (`slm audit`" in text and "clean" in text
     assert "LlamaForCausalLM" in text and "char (char)" in text
+
+
+def _copy_checkpoint(run: Path, name: str, **meta_changes) -> Path:
+    target = run / "checkpoints" / name
+    shutil.copytree(run / "checkpoints" / "best", target)
+    meta = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**meta, **meta_changes}))
+    return target
+
+
+def test_ema_and_averaged_checkpoints_are_reported_with_their_own_figures(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    step = json.loads((run / "checkpoints" / "best" / "config.json").read_text())["step"]
+    ema = {"ema_val_loss": 2.5, "ema_val_ppl": 12.18, "ema_val_bpb": 3.6, "ema_train_loss": 2.4}
+    events = [e if not (e["event"] == "eval" and e["step"] == step) else {**e, **ema} for e in read_metrics(run)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    ema_dir = _copy_checkpoint(run, "ema", ema={"decay": 0.99, "updates": step})
+    card = (api.export_hf(ema_dir, tmp_path / "hf-ema", audit=False) / "README.md").read_text()
+    metrics = front_matter(card)["model-index"][0]["results"][0]["metrics"]
+    assert [m["value"] for m in metrics] == [2.5, 12.18, 3.6]
+    assert "exponential moving average of the trained ones (decay 0.99)" in card
+    averaged = _copy_checkpoint(run, "average-3-6", averaged={"method": "uniform mean", "steps": [3, step]})
+    card = (api.export_hf(averaged, tmp_path / "hf-avg", audit=False) / "README.md").read_text()
+    assert "model-index" not in front_matter(card)
+    assert "uniform mean of the run's checkpoints at steps [3, 6]; the run never evaluated them" in card
 
 
 def test_model_card_without_audit_and_with_default_license(run_dir, tmp_path):

@@ -33,7 +33,7 @@ def find_run(given: str | os.PathLike, ckpt_dir: str | os.PathLike) -> Path | No
     """The run directory a checkpoint belongs to, or None for a bare checkpoint.
 
     `given` is what the user named (a run or a checkpoint), `ckpt_dir` the resolved checkpoint. Tried
-    in order: the run named, the run around the checkpoint (RUN/checkpoints/NAME, also ema/NAME), and
+    in order: the run named, the run around the checkpoint (RUN/checkpoints/NAME, RUN/checkpoints/ema), and
     the run recorded in the checkpoint's config.json when it still exists.
     """
     given, ckpt_dir = Path(given), Path(ckpt_dir)
@@ -144,9 +144,8 @@ class _RunFacts:
         self.step = checkpoint_meta.get("step")
         self.tokens = checkpoint_meta.get("tokens")
         evals = [e for e in events if e.get("event") == "eval" and e.get("val_loss") is not None]
-        at_step = [e for e in evals if e.get("step") == self.step]
-        self.evaluation = at_step[-1] if at_step else None
         self.best = min(evals, key=lambda e: e["val_loss"]) if evals else None
+        self.evaluation, self.weights_note = _evaluation_of(checkpoint_meta, evals)
         times = [e["time"] for e in events if isinstance(e.get("time"), (int, float))]
         self.wall_time = max(times) if times else None
         self.last_step = max((e.get("step", 0) for e in events), default=0)
@@ -156,6 +155,28 @@ class _RunFacts:
         data_path = self.data.get("path")
         self.dataset_name = Path(data_path).name if data_path else "unknown"
         self.verdict = _audit_verdict(run_dir) if audit else None
+
+
+def _evaluation_of(meta: dict, evals: list[dict]) -> tuple[dict | None, str | None]:
+    """(the eval record that measured the checkpoint's weights, or None; a note on what the weights are).
+
+    A training checkpoint is measured by the evaluation at its step; an EMA checkpoint by that
+    evaluation's ema_* figures; an average of checkpoints by none (its weights were never evaluated).
+    """
+    if meta.get("averaged"):
+        steps = (meta["averaged"] or {}).get("steps") if isinstance(meta["averaged"], dict) else None
+        return None, (f"These weights are the uniform mean of the run's checkpoints at steps {steps}; the run "
+                      f"never evaluated them (score them with `slm eval`).")
+    at_step = [e for e in evals if e.get("step") == meta.get("step")]
+    if not at_step:
+        return None, None
+    record = at_step[-1]
+    if not meta.get("ema"):
+        return record, None
+    ema = {key.removeprefix("ema_"): value for key, value in record.items() if key.startswith("ema_")}
+    decay = meta["ema"].get("decay") if isinstance(meta["ema"], dict) else None
+    note = f"These weights are the exponential moving average of the trained ones (decay {decay})."
+    return ({**ema, "step": record["step"]} if ema.get("val_loss") is not None else None), note
 
 
 def _dataset_sources(path: str | None) -> list[dict] | None:
@@ -214,6 +235,8 @@ def _run_body(facts: _Facts, run: _RunFacts) -> list[str]:
         lines.append(f"| {'fine-tuned' if finetune else 'initialised'} from | `{init_from}` |")
     lines.append("")
     lines += ["## Evaluation", ""]
+    if run.weights_note:
+        lines += [run.weights_note, ""]
     if run.evaluation is not None:
         e = run.evaluation
         lines += [f"On the validation split at step {e['step']:,} (the exported checkpoint), from the run's "
@@ -227,7 +250,9 @@ def _run_body(facts: _Facts, run: _RunFacts) -> list[str]:
         lines += ["", "Bits per byte divide the loss by ln 2 and by the split's bytes per token, so models with "
                       "different tokenizers compare fairly.", ""]
     else:
-        lines += [f"No evaluation was recorded at this checkpoint's step ({run.step}); "
+        where = (f"at this checkpoint's step ({run.step:,})" if run.step is not None else
+                 "for this checkpoint (it records no training step: an average or a merge, for instance)")
+        lines += [f"No evaluation was recorded {where}; "
                   + (f"the run's best validation loss was {_number(run.best['val_loss'])} nats per token at step "
                      f"{run.best['step']:,}." if run.best else "the run recorded no evaluation."), ""]
     if run.verdict is not None:
