@@ -139,6 +139,8 @@ def test_a_chat_model_answers_in_its_template_as_chat_session_does(server, chatt
 @pytest.mark.parametrize("body, status, words", [
     ({"prompt": "x" * 201}, 413, "prompt of 201 characters exceeds this server's limit of 200"),
     ({"prompt": "a" * 150}, 413, "prompt of 150 tokens exceeds this server's limit of 100"),
+    ({"prompt": "a" * 150, "model": "chatty"}, 413, "prompt of 150 tokens exceeds this server's limit of 100"),
+    ({"prompt": "a", "system": "be brief"}, 400, "\"system\" needs the chat template"),
     ({"prompt": "a", "max_new_tokens": 65}, 400, "max_new_tokens 65 exceeds this server's limit of 64"),
     ({"prompt": "a", "temperature": "hot"}, 400, "temperature = 'hot': must be a number"),
     ({"prompt": "a", "top_k": 2.5}, 400, "top_k = 2.5: must be a whole number"),

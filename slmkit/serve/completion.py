@@ -135,7 +135,6 @@ class CompletionService:
 
         Raises RequestError: 400 for a malformed field or a setting that cannot work, 404 for an unknown
         model, 413 for a prompt longer than max_prompt_chars or max_prompt_tokens."""
-        options = self.options
         if not isinstance(body, dict):
             raise RequestError(f"the request body must be a JSON object with a \"prompt\" field, not "
                                f"{type(body).__name__}")
@@ -147,32 +146,15 @@ class CompletionService:
         prompt = body.get("prompt")
         if not isinstance(prompt, str):
             raise RequestError(f"\"prompt\" must be a string, not {type(prompt).__name__}")
-        if len(prompt) > options.max_prompt_chars:
+        if len(prompt) > self.options.max_prompt_chars:
             raise RequestError(f"prompt of {len(prompt)} characters exceeds this server's limit of "
-                               f"{options.max_prompt_chars}; shorten it", status=413)
+                               f"{self.options.max_prompt_chars}; shorten it", status=413)
         model_field = body.get("model")
         if model_field is not None and not isinstance(model_field, str):
             raise RequestError(f"\"model\" must be a model's name (a string), not {model_field!r:.40}")
         served = self.model(model_field)
-        preset = body.get("preset") or options.preset
-        if preset not in PRESETS:
-            raise RequestError(f"unknown preset {preset!r:.40}; choose one of {', '.join(PRESETS)}")
-        max_new_tokens = body.get("max_new_tokens")
-        if max_new_tokens is None:
-            max_new_tokens = min(GenerationConfig.max_new_tokens, options.max_new_tokens)
-        elif isinstance(max_new_tokens, int) and max_new_tokens > options.max_new_tokens:
-            raise RequestError(f"max_new_tokens {max_new_tokens} exceeds this server's limit of "
-                               f"{options.max_new_tokens}; ask for at most {options.max_new_tokens}")
-        seed = body.get("seed")
-        if seed is None:
-            seed = secrets.randbelow(SEED_RANGE)  # told to the caller, so any answer can be reproduced
-        try:
-            config = resolve_config(preset, max_new_tokens=max_new_tokens, temperature=body.get("temperature"),
-                                    top_k=body.get("top_k"), top_p=body.get("top_p"), seed=seed)
-        except SlmError as error:
-            raise RequestError(str(error)) from None
-        chat = _flag(body, "chat")
-        system = body.get("system")
+        config = self.generation_config(body)
+        chat, system = _flag(body, "chat"), body.get("system")
         if system is not None and not isinstance(system, str):
             raise RequestError(f"\"system\" must be a string, not {type(system).__name__}")
         if chat and not served.chat:
@@ -182,22 +164,54 @@ class CompletionService:
         if system is not None and not chat:
             raise RequestError("\"system\" needs the chat template: a model fine-tuned for chat, with \"chat\" "
                                "true or unset")
+        prompt_ids, config = self.encode(served, prompt, config, chat, system)
+        return CompletionRequest(served, prompt_ids, config, stream=bool(_flag(body, "stream")), chat=chat)
+
+    def generation_config(self, body: dict) -> GenerationConfig:
+        """The request's preset (the server's when it names none) with its overrides; a request without
+        a seed gets one drawn here. RequestError for an unknown preset, a value that cannot work, or
+        max_new_tokens over the server's cap."""
+        preset = body.get("preset") or self.options.preset
+        if preset not in PRESETS:
+            raise RequestError(f"unknown preset {preset!r:.40}; choose one of {', '.join(PRESETS)}")
+        cap = self.options.max_new_tokens
+        max_new_tokens = body.get("max_new_tokens")
+        if max_new_tokens is None:
+            max_new_tokens = min(GenerationConfig.max_new_tokens, cap)
+        elif isinstance(max_new_tokens, int) and max_new_tokens > cap:
+            raise RequestError(f"max_new_tokens {max_new_tokens} exceeds this server's limit of {cap}; ask for "
+                               f"at most {cap}")
+        seed = body.get("seed")
+        if seed is None:
+            seed = secrets.randbelow(SEED_RANGE)  # told to the caller, so any answer can be reproduced
+        try:
+            return resolve_config(preset, max_new_tokens=max_new_tokens, temperature=body.get("temperature"),
+                                  top_k=body.get("top_k"), top_p=body.get("top_p"), seed=seed)
+        except SlmError as error:
+            raise RequestError(str(error)) from None
+
+    def encode(self, served: ServedModel, prompt: str, config: GenerationConfig, chat: bool,
+               system: str | None) -> tuple[list[int], GenerationConfig]:
+        """(prompt ids, config): the prompt as it is, or as the user's turn in the chat template (then the
+        config also stops at `<|im_end|>` and leaves the answer room in the context). RequestError (413)
+        when the prompt's own tokens exceed max_prompt_tokens, (400) when the tokenizer cannot encode it."""
         try:  # a character the tokenizer cannot encode is the caller's to fix
-            if chat:
-                session = ChatSession(served.model, served.tokenizer, config, system=system)
-                session.messages.append({"role": "user", "content": prompt})
-                prompt_ids = session.prompt_ids()
-                room = served.model.config.context_length - len(prompt_ids)
-                config = config.replace(stop_token_ids=sorted({*config.stop_token_ids, session.end_id}),
-                                        max_new_tokens=max(0, min(config.max_new_tokens, room)))
-            else:
-                prompt_ids = served.tokenizer.encode(prompt) if prompt else []
+            prompt_ids = served.tokenizer.encode(prompt) if prompt else []
+            if len(prompt_ids) > self.options.max_prompt_tokens:
+                raise RequestError(f"prompt of {len(prompt_ids)} tokens exceeds this server's limit of "
+                                   f"{self.options.max_prompt_tokens}; shorten it", status=413)
+            if not chat:
+                return prompt_ids, config
+            session = ChatSession(served.model, served.tokenizer, config, system=system)
+            session.messages.append({"role": "user", "content": prompt})
+            prompt_ids = session.prompt_ids()
+        except RequestError:
+            raise
         except SlmError as error:
             raise RequestError(f"cannot encode the prompt: {error}") from None
-        if len(prompt_ids) > options.max_prompt_tokens:
-            raise RequestError(f"prompt of {len(prompt_ids)} tokens exceeds this server's limit of "
-                               f"{options.max_prompt_tokens}; shorten it", status=413)
-        return CompletionRequest(served, prompt_ids, config, stream=bool(_flag(body, "stream")), chat=chat)
+        room = served.model.config.context_length - len(prompt_ids)
+        return prompt_ids, config.replace(stop_token_ids=sorted({*config.stop_token_ids, session.end_id}),
+                                          max_new_tokens=max(0, min(config.max_new_tokens, room)))
 
     def submit(self, request: CompletionRequest, on_text: Callable[[str], None] | None = None) -> Future:
         """Run `request` in a worker thread; the future's result is `complete`'s dict. on_text(piece)
