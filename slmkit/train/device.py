@@ -21,9 +21,12 @@ from slmkit.utils import cache_dir, write_json_atomic
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 PEAK_CACHE = "peak_flops.json"  # in slmkit's cache: measured matmul peaks, one per machine and setting
-# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of common GPUs, for MFU.
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0, "L40S": 362.0,
-                   "4090": 165.0, "3090": 71.0, "V100": 125.0, "T4": 65.0, "A6000": 155.0}
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) of common GPUs, for MFU. The first key that
+# torch.cuda.get_device_name contains wins, so a name inside another comes after it ("H100 PCIe"
+# before "H100", "A10" after "A100"). H100 and H200 without a suffix are the SXM parts.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "A100": 312.0,
+                   "A10G": 125.0, "A10": 125.0, "L40S": 362.0, "L40": 181.0, "L4": 121.0, "4090": 165.0,
+                   "3090": 71.0, "V100": 125.0, "T4": 65.0, "A6000": 155.0}
 
 
 @dataclass(frozen=True)
