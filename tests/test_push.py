@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 hub = pytest.importorskip("huggingface_hub")
+pytest.importorskip("huggingface_hub.constants")  # loaded lazily otherwise: the tests patch its values
+pytest.importorskip("huggingface_hub.errors")
 
 from slmkit import api  # noqa: E402
 from slmkit.errors import SlmError  # noqa: E402
@@ -45,6 +47,9 @@ class FakeHfApi:
 
     def __init__(self, endpoint=None, token=None):
         FakeHfApi.calls.append(("init", {"endpoint": endpoint, "token": token}))
+
+    def whoami(self):
+        return {"name": "someone"}
 
     def create_repo(self, repo_id, **options):
         FakeHfApi.calls.append(("create_repo", {"repo_id": repo_id, **options}))
@@ -110,15 +115,29 @@ def test_push_without_a_token_says_how_to_log_in(checkpoint, monkeypatch, no_hf_
         api.push(checkpoint, "someone/tiny")
 
 
-def test_push_reports_a_refused_token(checkpoint, monkeypatch, fake_hub):
-    def refuse(self, repo_id, **options):
-        response = types.SimpleNamespace(status_code=401, headers={}, request=None)
-        raise hub.errors.HfHubHTTPError("401 Client Error: Unauthorized", response=response,
-                                        server_message="Invalid credentials in Authorization header")
+def _http_error(status: int, message: str):
+    response = types.SimpleNamespace(status_code=status, headers={}, request=None)
+    return hub.errors.HfHubHTTPError(f"{status} Client Error", response=response, server_message=message)
 
-    monkeypatch.setattr(FakeHfApi, "create_repo", refuse)
+
+def test_push_reports_a_refused_token_before_exporting(checkpoint, monkeypatch, fake_hub):
+    def refuse(self):
+        raise _http_error(401, "Invalid credentials in Authorization header")
+
+    monkeypatch.setattr(FakeHfApi, "whoami", refuse)
     with pytest.raises(SlmError, match=r"^the Hub refused the token \(401 Unauthorized: Invalid credentials"):
         api.push(checkpoint, "someone/tiny", token="hf_bad", audit=False)
+    assert [call for call, _ in fake_hub.calls] == ["init"]  # no repository created, nothing uploaded
+
+
+def test_push_reports_a_token_without_write_access(checkpoint, monkeypatch, fake_hub):
+    def forbid(self, repo_id, **options):
+        raise _http_error(403, "You don't have the rights to create a model under the namespace \"org\"")
+
+    monkeypatch.setattr(FakeHfApi, "create_repo", forbid)
+    with pytest.raises(SlmError, match=r"^the token may not write to org/tiny \(403 Forbidden: .*\); use a token "
+                                       r"with write access"):
+        api.push(checkpoint, "org/tiny", token="hf_read_only", audit=False)
 
 
 @pytest.mark.parametrize("repo", ["two words", "a/b/c", "-lead", "a/../b"])

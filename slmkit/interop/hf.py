@@ -214,8 +214,8 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite
     is exported too. generation_config.json holds the end-of-text id(s) and the sampling defaults of
     `generation_preset` (see `generation_config`). The card is written from the checkpoint's run (see
     `slmkit.interop.model_card`) under `license` (a Hub license id); `audit` adds the `slm audit`
-    verdict (it reads the run's dataset); `model_id` is the name its usage example loads (default: the
-    export's folder name). Returns `out_dir`. Raises SlmError (and writes nothing) when the checkpoint
+    verdict (it reads the run's dataset); `model_id` is the name its usage example loads (default:
+    `out_dir` as given). Returns `out_dir`. Raises SlmError (and writes nothing) when the checkpoint
     is missing or damaged, its config fits no HF architecture exactly, the preset or license is
     unknown, or `out_dir` exists without `overwrite`.
     """

@@ -2,7 +2,8 @@
 
 The source is either a directory `export_hf` wrote (uploaded as it is), or an slmkit checkpoint or run,
 which is exported first into a temporary directory (with a model card whose usage example names the
-repository). The repository is created when missing (`HfApi.create_repo(exist_ok=True)`), then the
+repository). The token is checked first (`HfApi.whoami`), so that no long export runs for a push that
+cannot happen; the repository is created when missing (`HfApi.create_repo(exist_ok=True)`), then the
 folder is uploaded in one commit (`HfApi.upload_folder`). Whatever stops the push is one line: no
 network or offline mode (push later from an online machine), no token (log in or pass one), a token
 refused or without write access, or another answer of the Hub.
@@ -61,11 +62,12 @@ def push(source: str | os.PathLike, repo_id: str, *, private: bool = False, toke
         raise SlmError(f"no Hugging Face token: {LOGIN_HINT}")
     scratch = None
     try:
+        api = hub.HfApi(endpoint=endpoint, token=token)
+        api.whoami()  # the network and the token, checked before a long export
         if export_dir is None:
             scratch = Path(tempfile.mkdtemp(prefix="slmkit-push-"))
             export_dir = export_hf(source, scratch / repo_id.rsplit("/", 1)[-1], license=license,
                                    generation_preset=generation_preset, audit=audit, model_id=repo_id)
-        api = hub.HfApi(endpoint=endpoint, token=token)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(export_dir), repo_id=repo_id, repo_type="model",
                           commit_message=commit_message or f"Upload {source.name} (exported with slmkit)",
@@ -94,7 +96,10 @@ def _is_hf_export(path: Path) -> bool:
 
 
 def _huggingface_hub():
+    """huggingface_hub with the submodules used here loaded (the package imports them lazily)."""
     try:
+        for module in ("huggingface_hub.constants", "huggingface_hub.errors"):
+            importlib.import_module(module)
         return importlib.import_module("huggingface_hub")
     except ImportError:
         raise SlmError("pushing needs huggingface_hub: pip install 'slmkit[hf]' (or huggingface_hub)") from None
