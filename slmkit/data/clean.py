@@ -31,6 +31,7 @@ _ERROR_PAGE = re.compile(
 ERROR_PAGE_MAX_CHARS = 4000
 MAX_MEAN_LINE_CHARS = 2_000  # a longer mean line is minified or machine text
 MAX_REPLACEMENT_SHARE = 0.01  # more U+FFFD than this (after decoding with replacement) is garbled text
+MINHASH_BATCH_BYTES = 1 << 20  # text MinHashed at once: bounds the pass's arrays (~25 bytes per byte of text)
 
 
 @dataclass
@@ -172,11 +173,13 @@ class DocumentProcessor:
                     result.text = data
                 results.append(result)
                 kept_data.append(data)
-        if self.minhash and kept_data:  # one vectorised MinHash pass over the batch
-            signatures, valid = minhash_batch(kept_data, NUM_PERM)
-            kept = (r for r in results if r.reason is None)
-            for result, signature, ok in zip(kept, signatures, valid):
-                result.signature = signature if ok else None
+        if self.minhash and kept_data:
+            kept = [r for r in results if r.reason is None]
+            for start, stop in _pieces([len(data) for data in kept_data], MINHASH_BATCH_BYTES):
+                # vectorised MinHash passes over pieces of the batch: its arrays take ~25 bytes per byte of text
+                signatures, valid = minhash_batch(kept_data[start:stop], NUM_PERM)
+                for result, signature, ok in zip(kept[start:stop], signatures, valid):
+                    result.signature = signature.copy() if ok else None
         return results
 
     def tokenize(self, texts: list[bytes]) -> list[np.ndarray]:
@@ -187,6 +190,18 @@ class DocumentProcessor:
     def _tokens(self, text: str, eot: np.ndarray) -> np.ndarray:
         ids = self.tokenizer.encode_to_array(text, np.uint32)
         return np.concatenate([ids.astype(self.dtype, copy=False), eot])
+
+
+def _pieces(sizes: list[int], limit: int) -> list[tuple[int, int]]:
+    """(start, stop) ranges of consecutive items whose sizes add up to about `limit` (at least one item)."""
+    pieces, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        if total and total + size > limit:
+            pieces.append((start, i))
+            start, total = i, 0
+        total += size
+    pieces.append((start, len(sizes)))
+    return pieces
 
 
 # A worker process's own processor, set once by `init_worker` (process-local, never shared).

@@ -1,7 +1,8 @@
 """The pass over the sources: the main process reads and hashes the raw bytes; the workers decode,
 clean, filter, hash and MinHash every document (and tokenize it, for a ready tokenizer). The first copy
 of each exact duplicate is kept, validation sources first, so a document in both keeps its validation
-copy. Kept documents go into the `Documents` table and their contents into the scratch files.
+copy. Kept documents go into the `Documents` table (a few numbers each) and their contents into the
+scratch files as they come, so memory does not grow with the text.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from slmkit.data.dedup import SeenHashes
 from slmkit.data.documents import Documents, Scratch
 from slmkit.data.pool import Workers
 from slmkit.data.sources import Source
@@ -32,8 +34,8 @@ def collect(sources: list[Source], is_val_source: list[bool], workers: Workers, 
     total_bytes = None
     if all(s.kind == "local" for s in sources):
         total_bytes = sum(s.raw_bytes() for s in sources)
-    docs = Documents(per_source_filters=[Counter() for _ in sources])
-    seen: set[bytes] = set()
+    docs = Documents(names_path=scratch.names, per_source_filters=[Counter() for _ in sources])
+    seen = SeenHashes()
     offset = 0
     start = time.perf_counter()
     bar = progress_bar(total_bytes, "prepare", progress, unit="B", unit_scale=True)
@@ -49,37 +51,26 @@ def collect(sources: list[Source], is_val_source: list[bool], workers: Workers, 
                     docs.decode_problems += 1
                     if len(docs.decode_problem_files) < 100:
                         docs.decode_problem_files.append(result.name)
-                reason = result.reason or ("exact_duplicate" if result.hash in seen else None)
+                reason = result.reason or (None if seen.add(result.hash) else "exact_duplicate")
                 if reason is not None:
                     docs.filters[reason] += 1
                     docs.per_source_filters[source_index][reason] += 1
                     continue
-                seen.add(result.hash)
-                if result.group is not None:
-                    docs.group[len(docs.names)] = result.group
-                docs.names.append(result.name)
-                docs.hashes.append(result.hash)
-                docs.source.append(source_index)
-                docs.text_bytes.append(result.n_bytes)
                 if result.tokens is None:
                     scratch_file.write(result.text)
-                    docs.offset.append(0)
-                    docs.tokens.append(0)
                 else:
-                    docs.offset.append(offset)
-                    docs.tokens.append(len(result.tokens))
                     result.tokens.tofile(scratch_file)
                     offset += len(result.tokens)
                 if result.signature is not None:
                     result.signature.tofile(signature_file)
-                    docs.signature_row.append(docs.n_signatures)
-                    docs.n_signatures += 1
-                else:
-                    docs.signature_row.append(-1)
-                if offset:
-                    rate = offset / max(time.perf_counter() - start, 1e-9) / 1e6
-                    bar.set_postfix_str(f"{rate:.2f}M tok/s", refresh=False)
-    if not docs.names:
+                docs.add(result.name, result.hash, source_index, result.n_bytes,
+                         0 if result.tokens is None else len(result.tokens), result.signature is not None,
+                         result.group)
+            if offset:
+                rate = offset / max(time.perf_counter() - start, 1e-9) / 1e6
+                bar.set_postfix_str(f"{rate:.2f}M tok/s", refresh=False)
+    docs.flush_names()
+    if not len(docs):
         counts = ", ".join(f"{k}: {v}" for k, v in docs.filters.items()) or "no documents found"
         raise SlmError(f"every document was filtered out ({counts}); check the sources and --min-chars")
     return docs, stats

@@ -11,6 +11,7 @@ are confirmed by the estimated Jaccard similarity.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 
 import numpy as np
 
@@ -228,34 +229,83 @@ class UnionFind:
 
 PAIR_WINDOW = 8  # within a bucket, each document is compared with this many bucket-mates before it
 VERIFY_CHUNK = 1 << 16  # candidate pairs compared at once (2 x 64K signatures in memory)
+BLOCK_ROWS = 1 << 14  # signatures read at a time to compute the band keys (8 MB)
 
 
-def near_duplicate_pairs(signatures: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, estimated Jaccard) of rows of `signatures` (n, num_perm) at or above `threshold`.
+class ArraySignatures:
+    """Signatures held in memory (n, num_perm), read the way `near_duplicate_pairs` reads a file of them."""
 
+    def __init__(self, signatures: np.ndarray):
+        self.array = signatures
+        self.shape = signatures.shape
+
+    def blocks(self, rows_per_block: int):
+        for start in range(0, self.shape[0], rows_per_block):
+            yield np.asarray(self.array[start : start + rows_per_block])
+
+    def rows(self, indices: np.ndarray) -> np.ndarray:
+        return np.asarray(self.array[indices])
+
+
+def band_keys(block: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit key per band and row of `block` (n, num_perm): uint64[bands, n]; equal keys mean equal
+    band values, up to 2^-64 chance (a mixing fold)."""
+    keys = np.empty((bands, len(block)), dtype=np.uint64)
+    for band in range(bands):
+        key = np.full(len(block), band, dtype=np.uint64)
+        for column in block[:, band * rows : (band + 1) * rows].T.astype(np.uint64):
+            key = (key ^ column) * _MIX
+            key ^= key >> np.uint64(29)
+        keys[band] = key
+    return keys
+
+
+def near_duplicate_pairs(signatures, threshold: float, scratch_dir=None) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, estimated Jaccard) of rows of `signatures` at or above `threshold`.
+
+    signatures: an (n, num_perm) array, or anything with `.shape`, `.blocks(rows)` (the rows in order, in
+    blocks) and `.rows(indices)` (the rows at `indices`), such as the signature file of a prepare run.
     Each band of rows is hashed to one 64-bit key per document; documents sharing a key are candidates.
     Within a bucket each document is compared with the PAIR_WINDOW documents before it (all pairs in
     buckets up to that size), so work stays linear when a formulaic corpus makes buckets large; pairs
     already joined by an earlier band are skipped. Candidates are confirmed, vectorised, by the share of
-    equal signature entries. Memory: O(n) per band.
+    equal signature entries.
+
+    Memory: the signatures are read once, in blocks, to compute every band's keys, which go to a
+    temporary file (in `scratch_dir`); then one band at a time is read back: about 60 bytes per document
+    (its key, the sort order, the union-find roots), never the signatures whole (VERIFY_CHUNK pairs of
+    rows at a time are read to confirm candidates), plus the pairs found.
     """
+    if isinstance(signatures, np.ndarray):
+        signatures = ArraySignatures(signatures)
     n, num_perm = signatures.shape
     if n < 2:
         return []
     bands, rows = lsh_parameters(num_perm, threshold)
+    with tempfile.TemporaryFile(dir=scratch_dir) as key_file:
+        start = 0
+        for block in signatures.blocks(BLOCK_ROWS):  # band-major: each band's keys are contiguous
+            for band, keys in enumerate(band_keys(block, bands, rows)):
+                key_file.seek((band * n + start) * 8)
+                key_file.write(keys.tobytes())
+            start += len(block)
+        return _pairs_by_band(signatures, threshold, n, bands, key_file)
+
+
+def _pairs_by_band(signatures, threshold: float, n: int, bands: int, key_file) -> list[tuple[int, int, float]]:
+    """The confirmed pairs of `near_duplicate_pairs`, from the band keys in `key_file` (uint64[bands, n])."""
     union = UnionFind(n)
     found: dict[tuple[int, int], float] = {}
     index = np.arange(n)
     for band in range(bands):
-        block = np.asarray(signatures[:, band * rows : (band + 1) * rows]).astype(np.uint64)
-        keys = np.full(n, band, dtype=np.uint64)
-        for column in block.T:  # a mixing fold: equal keys mean equal rows, up to 2^-64 chance
-            keys = (keys ^ column) * _MIX
-            keys ^= keys >> np.uint64(29)
+        key_file.seek(band * n * 8)
+        keys = np.fromfile(key_file, dtype=np.uint64, count=n)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
+        del keys
         run_start = np.ones(n, dtype=bool)
         run_start[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        del sorted_keys
         if run_start.all():
             continue
         position_in_run = index - np.maximum.accumulate(np.where(run_start, index, 0))
@@ -269,13 +319,49 @@ def near_duplicate_pairs(signatures: np.ndarray, threshold: float) -> list[tuple
             fresh = roots[a] != roots[b]
             pairs_a.append(a[fresh])
             pairs_b.append(b[fresh])
+        del order, position_in_run
         a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
         for start in range(0, len(a), VERIFY_CHUNK):
             ca, cb = a[start : start + VERIFY_CHUNK], b[start : start + VERIFY_CHUNK]
-            similarity = (np.asarray(signatures[ca]) == np.asarray(signatures[cb])).mean(axis=1)
+            similarity = (signatures.rows(ca) == signatures.rows(cb)).mean(axis=1)
             for i in np.flatnonzero(similarity >= threshold):
                 x, y = int(min(ca[i], cb[i])), int(max(ca[i], cb[i]))
                 if (x, y) not in found:
                     found[(x, y)] = float(similarity[i])
                     union.union(x, y)
     return sorted((x, y, sim) for (x, y), sim in found.items())
+
+
+class SeenHashes:
+    """The set of content hashes seen so far, for exact-duplicate detection, in about 8 bytes per hash:
+    the first 8 bytes of each (a false match among 10 million documents has a chance of about 3 in a
+    million), in sorted numpy runs merged as they grow (about log2 of the count of them), and the latest
+    RECENT in a Python set."""
+
+    RECENT = 1 << 16
+
+    def __init__(self):
+        self.runs: list[np.ndarray] = []  # sorted uint64 arrays, largest first
+        self.recent: set[int] = set()
+
+    def add(self, content_hash: bytes) -> bool:
+        """Add `content_hash`; True when it was new (the first copy of its text)."""
+        key = int.from_bytes(content_hash[:8], "little")
+        if key in self.recent:
+            return False
+        probe = np.uint64(key)
+        for run in self.runs:
+            i = int(run.searchsorted(probe))
+            if i < len(run) and run[i] == probe:
+                return False
+        self.recent.add(key)
+        if len(self.recent) >= self.RECENT:
+            self.runs.append(np.sort(np.fromiter(self.recent, dtype=np.uint64, count=len(self.recent))))
+            self.recent = set()
+            while len(self.runs) > 1 and len(self.runs[-2]) <= len(self.runs[-1]):
+                last = self.runs.pop()
+                self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]))
+        return True
+
+    def __len__(self) -> int:
+        return len(self.recent) + sum(len(run) for run in self.runs)

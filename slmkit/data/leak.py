@@ -30,13 +30,14 @@ def sorted_unique(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
-def ngram_hashes(tokens: np.ndarray, n: int, eot_id: int, rate: int, chunk: int = 1 << 22) -> np.ndarray:
+def ngram_hashes(tokens: np.ndarray, n: int, eot_id: int, rate: int, chunk: int = 1 << 20) -> np.ndarray:
     """Sorted unique 64-bit hashes of the n-grams of `tokens` that contain no `eot_id`, keeping about one
     in `rate`. Reads `tokens` (a memmap is fine) in chunks.
 
     The sample is consistent: whether an n-gram is kept depends only on its first two tokens, so the same
     n-gram is kept (or not) in both splits, and only the kept positions are hashed (n gathers of
-    len/rate values), which keeps the check cheap next to tokenization.
+    len/rate values), which keeps the check cheap next to tokenization. Memory: about 60 bytes per token
+    of a chunk, and the kept hashes.
     """
     kept = []
     total = len(tokens)

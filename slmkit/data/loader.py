@@ -46,6 +46,28 @@ def bits_per_byte(loss_nats: float | None, bytes_per_token: float | None) -> flo
     return loss_nats / math.log(2) / bytes_per_token
 
 
+class TokenFile:
+    """A token file read by slices, each read into a new array: what one pass over a large split uses
+    instead of a memory map, whose pages would stay resident (and count in the process's memory) until
+    the map is closed. Supports len() and slices with step 1."""
+
+    def __init__(self, path: str | Path, dtype):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.length = self.path.stat().st_size // self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("a TokenFile is read by slices with step 1")
+        start, stop, _ = key.indices(self.length)
+        with open(self.path, "rb") as f:
+            f.seek(start * self.dtype.itemsize)
+            return np.fromfile(f, dtype=self.dtype, count=max(stop - start, 0))
+
+
 class Dataset:
     """A dataset directory written by `slmkit.data.prepare`; made by `open_dataset`, which checks it."""
 
@@ -105,8 +127,11 @@ class Dataset:
             )
 
     def max_token_id(self, split: str) -> int:
-        """The largest token id in `split`, by one pass over its file in pieces (-1 when it is empty)."""
-        data = self.split(split)
+        """The largest token id in `split`, by one pass over its file in pieces read one at a time, so
+        memory stays flat (-1 when it is empty)."""
+        if not self.meta["splits"][split]["tokens"]:
+            return -1
+        data = TokenFile(self.dir / f"{split}.bin", self.dtype)
         return max((int(data[i : i + SCAN_TOKENS].max()) for i in range(0, len(data), SCAN_TOKENS)), default=-1)
 
     def check_token_ids(self, scan: bool | None = None) -> None:

@@ -15,7 +15,7 @@ from slmkit.data.clean import FILTERS
 from slmkit.data.dedup import NUM_PERM
 from slmkit.data.documents import Documents
 from slmkit.data.leak import leak_check
-from slmkit.data.loader import FORMAT, VERSION
+from slmkit.data.loader import FORMAT, VERSION, TokenFile
 from slmkit.data.options import PrepareOptions
 from slmkit.data.sources import Source
 from slmkit.data.split import VAL
@@ -25,10 +25,10 @@ from slmkit.tokenizer.base import MANIFEST
 
 def check_splits(directory: Path, dtype: np.dtype, tokenizer: Tokenizer, splits: dict,
                  pairs: list[tuple[int, int, float]], dest: np.ndarray) -> tuple[dict, dict, list[str]]:
-    """Tokenizer health and leak check on the written train.bin / val.bin; returns (health, leak check,
-    their warnings)."""
-    train = np.memmap(directory / "train.bin", dtype=dtype, mode="r")
-    val = np.memmap(directory / "val.bin", dtype=dtype, mode="r")
+    """Tokenizer health and leak check on the written train.bin / val.bin (each read in bounded pieces);
+    returns (health, leak check, their warnings)."""
+    # Read in pieces, not mapped: the pages of a map would stay resident until it is closed.
+    train, val = TokenFile(directory / "train.bin", dtype), TokenFile(directory / "val.bin", dtype)
     health = tokenizer_health(
         tokenizer, {name: {**splits[name], "tokens": arr} for name, arr in (("train", train), ("val", val))},
         sample_text=tokenizer.decode(np.asarray(train[:30_000])),
@@ -83,12 +83,12 @@ def dataset_meta(*, options: PrepareOptions, tokenizer: Tokenizer, trained_on: d
             for i, s in enumerate(sources)
         ],
         "filters": _filters(options, docs, dest),
-        "near_duplicates": _near_duplicates(options, docs.names, roots, pairs),
+        "near_duplicates": _near_duplicates(options, docs, roots, pairs),
         "split": {
             "method": "contiguous tail of one document" if tail else
             "explicit validation sources" if explicit_val else "by group of near-duplicate documents",
             "seed": options.seed, "val": options.val,
-            "val_documents_names": [docs.names[i] for i in np.flatnonzero(dest == VAL)[:1000]],
+            "val_documents_names": docs.names(np.flatnonzero(dest == VAL)[:1000].tolist()),
             **({"tail": tail} if tail else {}),
         },
         "health": health,
@@ -116,10 +116,10 @@ def _filters(options: PrepareOptions, docs: Documents, dest: np.ndarray) -> dict
     }
 
 
-def _near_duplicates(options: PrepareOptions, names: list[str], roots: np.ndarray, pairs: list) -> dict:
+def _near_duplicates(options: PrepareOptions, docs: Documents, roots: np.ndarray, pairs: list) -> dict:
     """How near-duplicates were found, how many pairs and groups, and the 20 most similar pairs."""
     group_sizes = np.bincount(roots, minlength=len(roots))
-    examples = [{"a": names[a], "b": names[b], "similarity": round(similarity, 3)}
+    examples = [{"a": docs.name(a), "b": docs.name(b), "similarity": round(similarity, 3)}
                 for a, b, similarity in sorted(pairs, key=lambda p: -p[2])[:20]]
     return {
         "mode": options.near_dup, "threshold": options.near_dup_threshold, "method": (

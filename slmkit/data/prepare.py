@@ -193,7 +193,7 @@ def _build(options: PrepareOptions, train_sources: list[Source], val_sources: li
         roots, pairs = group_documents(docs, scratch, options.near_dup, options.near_dup_threshold)
     source_of = docs.column("source")
     dest, drops = assign_split(roots, docs.column("text_bytes" if trains else "tokens"),
-                               np.array(is_val_source, dtype=bool)[source_of], docs.hashes, options.val,
+                               np.array(is_val_source, dtype=bool)[source_of], docs.hash_array(), options.val,
                                options.seed, drop_near_duplicates=options.near_dup == "drop")
     docs.filters.update(drops)
     if trains:
@@ -207,7 +207,7 @@ def _build(options: PrepareOptions, train_sources: list[Source], val_sources: li
         with _timed(timings, "tokenize_s"):
             tokenize_documents(docs, dest, tokenizer, dtype, scratch, workers, progress)
     with _timed(timings, "write_s"):
-        repeats = repeat_counts(dest, np.array([s.weight for s in sources])[source_of], docs.hashes)
+        repeats = repeat_counts(dest, np.array([s.weight for s in sources])[source_of], docs.hash_array())
         splits, per_source = write_splits(directory, scratch, docs, dest, repeats, dtype, len(sources))
     with _timed(timings, "reports_s"):
         health, leak, warnings = check_splits(directory, dtype, tokenizer, splits, pairs, dest)

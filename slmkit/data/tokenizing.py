@@ -109,7 +109,8 @@ def train_on_training_split(docs: Documents, dest: np.ndarray, scratch: Scratch,
 def tokenize_documents(docs: Documents, dest: np.ndarray, tokenizer: Tokenizer, dtype: np.dtype, scratch: Scratch,
                        workers: Workers, progress: bool) -> None:
     """Tokenize the kept documents' text from the scratch text file (worker processes, corpus order)
-    into the scratch token file, filling `docs.offset` and `docs.tokens`; then drop the text file."""
+    into the scratch token file, filling `docs.tokens`; then drop the text file. Texts are read and tokens
+    written as they come (BATCH_BYTES per task, two tasks per worker in flight): memory stays flat."""
     start = time.perf_counter()
     kept = np.flatnonzero(dest >= 0)
 
@@ -132,7 +133,6 @@ def tokenize_documents(docs: Documents, dest: np.ndarray, tokenizer: Tokenizer, 
             open(scratch.tokens, "wb") as token_file:
         for indices, results in batches:
             for i, tokens in zip(indices, results):
-                docs.offset[i] = offset
                 docs.tokens[i] = len(tokens)
                 tokens.tofile(token_file)
                 offset += len(tokens)

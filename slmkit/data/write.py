@@ -40,42 +40,46 @@ def write_splits(directory: Path, scratch: Scratch, docs: Documents, dest: np.nd
     """Write train.bin and val.bin in `directory`: each kept document's tokens from the scratch file,
     `repeats` times, in corpus order. Returns the counts per split {"documents", "tokens", "bytes",
     "max_token_id"} (the largest id written, -1 for an empty split) and per source {"train_documents",
-    "val_documents", "train_tokens", "val_tokens"}."""
-    scratch_tokens = scratch.token_array(dtype)
-    # Python ints from the arrays (numpy ints would not go into meta.json)
-    offsets, lengths, doc_bytes, sources = docs.offset, docs.tokens, docs.text_bytes, docs.source
+    "val_documents", "train_tokens", "val_tokens"}.
+
+    The scratch tokens are read in order, WRITE_TOKENS at a time (not mapped), so memory stays flat
+    whatever the size of the dataset."""
+    offsets, lengths = docs.offsets(), docs.column("tokens")
+    doc_bytes, sources = docs.column("text_bytes"), docs.column("source")
     splits = {name: {"documents": 0, "tokens": 0, "bytes": 0} for name in SPLITS}
     max_id = {name: -1 for name in SPLITS}
     per_source = [{"train_documents": 0, "val_documents": 0, "train_tokens": 0, "val_tokens": 0}
                   for _ in range(n_sources)]
-    with open(directory / "train.bin", "wb") as train_file, open(directory / "val.bin", "wb") as val_file:
+    written = (dest >= 0) & (repeats > 0)
+    for d, name in enumerate(SPLITS):  # the counts, vectorised (Python ints: numpy ints would not go into meta.json)
+        times = np.where(written & (dest == d), repeats, 0)
+        splits[name]["documents"] = int(times.sum())
+        splits[name]["tokens"] = int((times * lengths).sum())
+        splits[name]["bytes"] = int((times * doc_bytes).sum())
+        documents = np.bincount(sources, weights=times, minlength=n_sources)
+        tokens = np.bincount(sources, weights=times * lengths, minlength=n_sources)
+        for k in range(n_sources):
+            per_source[k][f"{name}_documents"] = int(documents[k])
+            per_source[k][f"{name}_tokens"] = int(tokens[k])
+    # Runs of consecutive documents that go to the same split once are copied as one piece.
+    change = np.ones(len(dest), dtype=bool)
+    change[1:] = (dest[1:] != dest[:-1]) | (repeats[1:] != 1) | (repeats[:-1] != 1) | ~written[1:] | ~written[:-1]
+    starts = np.flatnonzero(change & written)
+    ends = np.append(np.flatnonzero(change)[1:], len(dest))  # each run ends where the next change is
+    ends = ends[np.searchsorted(np.flatnonzero(change), starts)]
+    with open(scratch.tokens, "rb") as scratch_file, open(directory / "train.bin", "wb") as train_file, \
+            open(directory / "val.bin", "wb") as val_file:
         files = {0: train_file, 1: val_file}
-        n = len(dest)
-        i = 0
-        while i < n:
+        for i, j in zip(starts.tolist(), ends.tolist()):
             d, r = int(dest[i]), int(repeats[i])
-            if d < 0 or r == 0:
-                i += 1
-                continue
-            j = i + 1  # extend a run of consecutive documents that go to the same place once
-            while j < n and dest[j] == d and repeats[j] == 1 and r == 1 and offsets[j] == offsets[j - 1] + lengths[j - 1]:
-                j += 1
-            run = scratch_tokens[offsets[i] : offsets[j - 1] + lengths[j - 1]]
-            name = SPLITS[d]
+            first, count = int(offsets[i]), int(offsets[j - 1] + lengths[j - 1] - offsets[i])
             for repeat in range(r):
-                for piece in range(0, len(run), WRITE_TOKENS):
-                    block = np.ascontiguousarray(run[piece : piece + WRITE_TOKENS])
+                scratch_file.seek(first * dtype.itemsize)
+                for piece in range(0, count, WRITE_TOKENS):
+                    block = np.fromfile(scratch_file, dtype=dtype, count=min(WRITE_TOKENS, count - piece))
                     if repeat == 0 and len(block):  # the piece is at hand: its max costs next to nothing
-                        max_id[name] = max(max_id[name], int(block.max()))
+                        max_id[SPLITS[d]] = max(max_id[SPLITS[d]], int(block.max()))
                     files[d].write(memoryview(block))
-            for k in range(i, j):
-                splits[name]["documents"] += r
-                splits[name]["tokens"] += r * lengths[k]
-                splits[name]["bytes"] += r * doc_bytes[k]
-                per_source[sources[k]][f"{name}_documents"] += r
-                per_source[sources[k]][f"{name}_tokens"] += r * lengths[k]
-            i = j
-    del scratch_tokens
     for name in SPLITS:
         splits[name]["max_token_id"] = max_id[name]
     return splits, per_source
