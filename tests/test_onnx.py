@@ -25,6 +25,7 @@ from slmkit.generate import generate  # noqa: E402
 from slmkit.interop.onnx import EXPORT_MARKER, OnnxModel, export_onnx  # noqa: E402
 from slmkit.model import ModelConfig, Transformer, save_model  # noqa: E402
 from slmkit.model.checkpoint import load_state  # noqa: E402
+from slmkit.utils import check_replaceable  # noqa: E402
 
 VOCAB = 61
 TOLERANCE = 1e-4  # float32; the differences measured are about 1e-6 (logits up to about 8)
@@ -160,6 +161,17 @@ def test_export_without_cache_maps_input_ids_to_logits_equal_to_pytorch_beyond_t
         onnx_model.generate([[1, 2], [3]], max_new_tokens=2)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_export_without_cache_matches_pytorch_for_gpt2_and_llama(checkpoints, tmp_path, family):
+    model, ckpt = checkpoints[family]
+    onnx_model = OnnxModel(export_onnx(ckpt, tmp_path / "nocache", cache=False), threads=1)
+    tokens = _tokens(2, 30)
+    with torch.no_grad():
+        expected = model(tokens).numpy()
+    assert np.abs(onnx_model.forward(tokens.numpy())[0] - expected).max() <= TOLERANCE
+
+
 def test_cli_export_onnx_writes_model_tokenizer_and_configs(tmp_path, capsys):
     from slmkit.tokenizer import load_tokenizer, train_tokenizer
 
@@ -181,9 +193,10 @@ def test_cli_export_onnx_writes_model_tokenizer_and_configs(tmp_path, capsys):
     with torch.no_grad():
         expected = model(torch.tensor([ids])).numpy()
     assert np.abs(onnx_model.forward([ids])[0] - expected).max() <= TOLERANCE
-    # An earlier export-onnx output is replaced only with --force.
+    # An earlier export-onnx output is replaced only with --force, and --force may replace it.
     assert main(["export-onnx", str(ckpt), str(out), "--no-cache"]) == 2
     assert "already exists" in capsys.readouterr().err
+    check_replaceable(out, (ckpt,), kind="an ONNX export", marker=EXPORT_MARKER)
 
 
 def test_refusals_are_one_line_errors(checkpoints, exports, tmp_path, capsys):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from slmkit import api
-from slmkit.interop.onnx import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 
 def register(subparsers) -> None:
@@ -19,8 +18,8 @@ def register(subparsers) -> None:
     exp.add_argument("out", metavar="OUT", help="the ONNX model directory to write")
     exp.add_argument("--no-cache", dest="cache", action="store_false",
                      help="export input_ids -> logits only (every step reads the whole sequence)")
-    exp.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",
-                     help=f"ONNX opset version, {MIN_OPSET} to {MAX_OPSET} (default: {DEFAULT_OPSET})")
+    exp.add_argument("--opset", type=int, default=None, metavar="N",
+                     help="ONNX opset version, 18 to 23 (default: 20)")
     exp.add_argument("--force", action="store_true",
                      help="replace OUT when it is empty or an earlier export-onnx output (never the input run or "
                           "checkpoint, a folder around them, a dataset or another checkpoint)")
@@ -29,5 +28,5 @@ def register(subparsers) -> None:
 
 def _export_onnx(args) -> int:
     out = api.export_onnx(args.ckpt, args.out, cache=args.cache, opset=args.opset, overwrite=args.force)
-    print(f"wrote ONNX model {out} ({'with' if args.cache else 'without'} KV cache, opset {args.opset})")
+    print(f"wrote ONNX model {out} ({'with' if args.cache else 'without'} the KV cache)")
     return 0

@@ -218,13 +218,18 @@ def export_graph(model: Transformer, path: str | os.PathLike, cache: bool = True
             dynamic_shapes=_dynamic_shapes(config, cache), verbose=False,
         )
         program.save(str(path))  # weights inside model.onnx, or beside it (model.onnx.data) past 2 GB
-    _name_dynamic_axes(path, config, cache)
+    _finish_graph(path, opset)
 
 
-def _name_dynamic_axes(path, config: ModelConfig, cache: bool) -> None:
-    """Name the outputs' dynamic axes as the inputs' are (the exporter writes expressions like 's0 + s1')."""
+def _finish_graph(path, opset: int) -> None:
+    """Check the opset written, and name the outputs' dynamic axes as the inputs' are (the exporter
+    writes expressions like 's0 + s1')."""
     onnx = _require("onnx")
     proto = onnx.load(str(path), load_external_data=False)
+    written = [entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")]
+    if written != [opset]:  # the exporter converts from its own opset and may leave the model as it was
+        raise SlmError(f"torch's ONNX exporter could not write opset {opset} for this model (it wrote "
+                       f"{written}); use --opset {DEFAULT_OPSET}")
     for output in proto.graph.output:
         dims = output.type.tensor_type.shape.dim
         names = ["batch", "seq"] if output.name == "logits" else ["batch", None, "total_seq"]
