@@ -93,15 +93,10 @@ def write_corpus(folder: Path, megabytes: int, seed: int = 14) -> dict:
     lower, capital, p = vocabulary(rng)
     folder.mkdir(parents=True)
     target = megabytes * 1_000_000
-    written, documents, shard, shard_bytes = 0, 0, None, 0
+    written, documents, shard, shard_bytes = 0, 0, [], 0
     recent: list[str] = []  # earlier documents that duplicates copy
     counts = {"documents": 0, "exact_duplicates": 0, "near_duplicates": 0}
     while written < target:
-        if shard is None or shard_bytes >= SHARD_BYTES:
-            if shard is not None:
-                shard.close()
-            shard = open(folder / f"part-{documents:08d}.jsonl", "w", encoding="utf-8")
-            shard_bytes = 0
         u = rng.random()
         if recent and u < EXACT_DUPLICATE_SHARE:
             text = recent[int(rng.integers(0, len(recent)))]
@@ -116,11 +111,14 @@ def write_corpus(folder: Path, megabytes: int, seed: int = 14) -> dict:
             else:
                 recent[int(rng.integers(0, len(recent)))] = text
         line = json.dumps({"text": text}) + "\n"
-        shard.write(line)
+        shard.append(line)
         shard_bytes += len(line)
         written += len(line)
         documents += 1
-    shard.close()
+        if shard_bytes >= SHARD_BYTES or written >= target:
+            with open(folder / f"part-{documents:08d}.jsonl", "w", encoding="utf-8") as f:
+                f.writelines(shard)
+            shard, shard_bytes = [], 0
     counts["documents"] = documents
     counts["bytes"] = sum(f.stat().st_size for f in folder.iterdir())
     return counts

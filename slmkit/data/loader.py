@@ -184,15 +184,17 @@ class Dataset:
         """Number of non-overlapping evaluation windows of `seq_len` (+1 target) in `split`."""
         return (len(self.split(split)) - 1) // seq_len
 
-    def eval_batches(self, split: str, batch_size: int, seq_len: int, max_batches: int | None = None) -> Iterator:
-        """Sequential non-overlapping windows of `split` from its start, as (x, y) int64 tensors of up to
-        batch_size rows (the last batch may be smaller); at most `max_batches` batches."""
+    def eval_batches(self, split: str, batch_size: int, seq_len: int, max_batches: int | None = None, *,
+                     first_window: int = 0) -> Iterator:
+        """Sequential non-overlapping windows of `split` from window `first_window` (0: its start), as (x, y)
+        int64 tensors of up to batch_size rows (the last batch may be smaller); at most `max_batches`
+        batches. Only the windows asked for are read."""
         import torch  # heavy; see random_batch
 
         self.check_window(split, seq_len)
         data = self.split(split)
         n_windows = self.eval_windows(split, seq_len)
-        for index, first in enumerate(range(0, n_windows, batch_size)):
+        for index, first in enumerate(range(first_window, n_windows, batch_size)):
             if max_batches is not None and index >= max_batches:
                 return
             count = min(batch_size, n_windows - first)

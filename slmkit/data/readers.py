@@ -25,7 +25,7 @@ TEXT_EXTENSIONS = (
 )
 TABLE_EXTENSIONS = (".jsonl", ".json", ".parquet", ".csv")
 CHUNK_BYTES = 16 << 20  # text files larger than this are read in pieces cut at line breaks
-JSONL_BLOCK_BYTES = 1 << 20  # JSON lines go to the workers in blocks of about this size (bounds their memory)
+JSONL_BLOCK_BYTES = 4 << 20  # JSON lines go to the workers in blocks of about this size
 WIKITEXT_PROBE_ROWS = 200  # rows of a table file looked at to tell whether it is WikiText-style
 
 # Kinds of raw item: bytes of a text file (or of one piece of a large one), bytes of JSON lines, or a
