@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import difflib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -208,9 +209,28 @@ def write_marker(directory: str | os.PathLike, marker: str, kind: str,
     directory = Path(directory)
     if entries is None:
         entries = (p.name for p in directory.iterdir() if p.name != marker)
+    entries = sorted(set(entries))
     path = directory / marker
-    write_json_atomic(path, {"format": MARKER_FORMAT, "kind": kind, "entries": sorted(set(entries))})
+    write_json_atomic(path, {"format": MARKER_FORMAT, "kind": kind, "entries": entries,
+                             "sha256": _small_file_hashes(directory, entries)})
     return path
+
+
+MARKED_HASH_BYTES = 1 << 20  # files up to this size (cards, configs, notes) are hashed in the marker
+
+
+def _small_file_hashes(directory: Path, entries: Iterable[str]) -> dict[str, str]:
+    """sha256 of the small plain files among `entries`: a user may edit those (a model card, a config),
+    and an edited one must not be replaced as if the command still owned it."""
+    hashes = {}
+    for name in entries:
+        path = directory / name
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_size <= MARKED_HASH_BYTES:
+                hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            continue
+    return hashes
 
 
 def check_replaceable(target: str | os.PathLike, inputs: Iterable[str | os.PathLike | None] = (), *, kind: str,
@@ -258,6 +278,12 @@ def check_replaceable(target: str | os.PathLike, inputs: Iterable[str | os.PathL
     record = _read_marker(target / marker)
     if record is not None:
         foreign = [name for name in names if name != marker and name not in record["entries"]]
+        edited = [name for name, digest in (record.get("sha256") or {}).items()
+                  if name in names and _small_file_hashes(target, [name]).get(name, digest) != digest]
+        if edited and not foreign:
+            shown = ", ".join(edited[:3]) + (f" and {len(edited) - 3} more" if len(edited) > 3 else "")
+            raise SlmError(f"will not replace {target}: {shown} changed since this command wrote {kind} there "
+                           "(edited by hand?); move your version out, or choose another output directory")
         if not foreign:
             return
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")

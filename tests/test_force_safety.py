@@ -148,11 +148,22 @@ def test_force_replaces_the_commands_own_earlier_output_and_an_empty_folder(run_
 
 def test_force_refuses_its_own_output_once_the_user_added_a_file(run_dir, tmp_path, capsys):
     hf = _exported(run_dir, tmp_path)
-    (hf / "README.md").write_text("my model card")
+    (hf / "notes.md").write_text("my notes")
     capsys.readouterr()
     assert main(["export-hf", str(run_dir), str(hf), "--force"]) == 2
-    assert "it holds README.md, which this command did not write" in capsys.readouterr().err
-    assert (hf / "README.md").read_text() == "my model card"
+    assert "it holds notes.md, which this command did not write" in capsys.readouterr().err
+    assert (hf / "notes.md").read_text() == "my notes"
+
+
+def test_force_refuses_its_own_output_once_the_user_edited_a_file_it_wrote(run_dir, tmp_path, capsys):
+    hf = _exported(run_dir, tmp_path)
+    (hf / "README.md").write_text("my own model card, edited by hand")
+    capsys.readouterr()
+    assert main(["export-hf", str(run_dir), str(hf), "--force"]) == 2
+    assert "README.md changed since this command wrote" in capsys.readouterr().err
+    assert (hf / "README.md").read_text() == "my own model card, edited by hand"
+    (hf / "README.md").unlink()  # without the edited file, the export is the command's own again
+    assert main(["export-hf", str(run_dir), str(hf), "--force"]) == 0
 
 
 def test_prepare_force_never_replaces_a_source_folder_or_one_around_it(corpus_dir, tmp_path, capsys):
