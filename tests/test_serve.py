@@ -273,14 +273,14 @@ def test_serve_of_a_busy_port_says_so_in_one_line(checkpoint, capsys):
 
 
 def test_serve_of_a_missing_model_says_so_in_one_line(tmp_path, capsys):
-    code = main(["serve", str(tmp_path / "no-such-run")])
+    code = main(["serve", str(tmp_path / "no-such-run"), "--port", "0"])
     error = capsys.readouterr().err
     assert code == 2 and error.startswith("error: model not found: ") and error.count("\n") == 1
     assert "no-such-run" in error
 
 
 def test_serve_refuses_three_models_and_bounds_that_cannot_work(checkpoint, capsys):
-    assert main(["serve", *[str(checkpoint)] * 3]) == 2
+    assert main(["serve", *[str(checkpoint)] * 3, "--port", "0"]) == 2
     assert "slm serve takes one model, or two to compare side by side; got 3" in capsys.readouterr().err
     assert main(["serve", str(checkpoint), "--concurrency", "0"]) == 2
     assert capsys.readouterr().err == "error: concurrency = 0: must be a whole number >= 1\n"

@@ -36,14 +36,19 @@ def _web_stack():
     return fastapi, gradio, uvicorn
 
 
-def load_models(models: Sequence[str | os.PathLike | ServedModel], device: str | torch.device = "cpu",
-                dtype: torch.dtype | None = None) -> list[ServedModel]:
-    """ServedModels from checkpoint or run directories (ServedModels given pass through); one or two."""
+def check_models(models: Sequence[str | os.PathLike | ServedModel]) -> None:
+    """SlmError unless there are one or two models and each directory given exists (before anything loads)."""
     if not 1 <= len(models) <= 2:
         raise SlmError(f"slm serve takes one model, or two to compare side by side; got {len(models)}")
     for model in models:
         if not isinstance(model, ServedModel) and not Path(model).exists():
             raise SlmError(f"model not found: {model}; pass a checkpoint or run directory (one `slm train` wrote)")
+
+
+def load_models(models: Sequence[str | os.PathLike | ServedModel], device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = None) -> list[ServedModel]:
+    """ServedModels from checkpoint or run directories (ServedModels given pass through); one or two."""
+    check_models(models)
     return [m if isinstance(m, ServedModel) else ServedModel.load(m, device=device, dtype=dtype) for m in models]
 
 
@@ -112,14 +117,19 @@ class RunningServer:
 
 
 def _prepare(models, options: ServeOptions | None, device, dtype):
-    """(service, listening socket, uvicorn server) ready to run; the port is bound last, after the models
-    loaded and the app was built."""
+    """(service, listening socket, uvicorn server) ready to run. The port is bound first, so a busy port
+    is said at once rather than after the models load and Gradio is imported (seconds)."""
     options = (options or ServeOptions()).validate()
-    _, _, uvicorn = _web_stack()
-    service = CompletionService(load_models(models, device=device, dtype=dtype), options)
-    app = build_app(service)
+    check_models(models)
     sock = bind(options.host, options.port)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    try:
+        service = CompletionService(load_models(models, device=device, dtype=dtype), options)
+        _, _, uvicorn = _web_stack()
+        config = uvicorn.Config(build_app(service), log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5)
+    except BaseException:
+        sock.close()
+        raise
     return service, sock, uvicorn.Server(config)
 
 
