@@ -61,9 +61,10 @@ class FinetuneOptions:
     lora_rank: int = option(8, "LoRA rank")
     lora_alpha: float = option(16.0, "LoRA alpha (the update is scaled by alpha / rank)")
     lora_dropout: float = option(0.0, "dropout on the LoRA input")
+    # every linear layer by default: on the quick-start model it beat attention only (docs/finetuning.md)
     lora_targets: list[str] = option(help="a layer that gets adapters, by name: qkv, out, up, gate, down, or "
-                                          "attention, mlp, all (repeatable; default: attention)",
-                                     default_factory=lambda: ["attention"], metavar="NAME")
+                                          "attention, mlp, all (repeatable; default: all)",
+                                     default_factory=lambda: ["all"], metavar="NAME")
     overrides: list[str] = option(help="override a training field, e.g. --set train.max_steps=500 (repeatable)",
                                   flag="--set", metavar="FIELD=VALUE", default_factory=list)
     overwrite: bool = option(False, "replace an existing run directory")
