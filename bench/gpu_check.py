@@ -326,14 +326,14 @@ def greedy_agreement(model, hf, prompt: torch.Tensor, device, greedy, new: int =
 
 # -- the run ----------------------------------------------------------------------------------
 def pytest_summary(log: Path | None) -> str | None:
-    """The closing line of a pytest log ("12 passed, 3 skipped in 80.1s"), or None."""
+    """The closing line of a pytest log ("12 passed, 3 skipped in 80.1s"); None without a log."""
     if log is None or not log.is_file():
         return None
     for line in reversed(log.read_text(errors="replace").splitlines()):
         stripped = line.strip("= ").strip()
         if re.search(r"\b(passed|failed|skipped|error|errors|no tests ran)\b", stripped) and " in " in stripped:
             return stripped
-    return None
+    return f"no closing line in {log} (stopped by its timeout?)"
 
 
 def run_check(args) -> dict:
@@ -362,7 +362,7 @@ def run_check(args) -> dict:
     measured = measure_matmul_peak(setup.autocast_dtype or torch.float32, str(setup.device), size=sizes.matmul_size,
                                    seconds=1.0 if setup.device.type == "cuda" else 0.2) * 1e9
     result["peak"]["measured_matmul_flops"] = measured
-    print(f"device: {setup.description}; peak {peak and peak / 1e12:.1f} TFLOP/s ({source}); "
+    print(f"device: {setup.description}; peak {_tflops(peak)} TFLOP/s ({source}); "
           f"measured {sizes.matmul_size}^3 matmul {measured / 1e12:.2f} TFLOP/s ({time.perf_counter() - start:.1f} s)",
           flush=True)
     result["flash_attention"] = flash_attention_works(setup, config)

@@ -127,6 +127,8 @@ def test_the_pytest_summary_is_the_closing_line_of_the_log(tmp_path):
                    "=========== 1 failed, 2 passed, 2 skipped in 81.20s (0:01:21) ===========\n")
     assert gpu_check.pytest_summary(log) == "1 failed, 2 passed, 2 skipped in 81.20s (0:01:21)"
     assert gpu_check.pytest_summary(tmp_path / "missing.log") is None
+    log.write_text("tests/test_cuda.py ss.\n")  # killed before it could close
+    assert "no closing line" in gpu_check.pytest_summary(log)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
@@ -157,3 +159,21 @@ def test_dry_run_with_torch_compile_trains_and_decodes_compiled(tmp_path):
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["training"]["compiled"] is True and "compile_error" not in result["training"]
     assert result["decode"]["tokens_per_s"]["slmkit_compiled"]["batch_8"] > 0
+
+
+def test_a_gpu_result_renders_with_the_mfu_verdict_and_every_engine(dry_run):
+    _, result, _ = dry_run
+    gpu = json.loads(json.dumps(result))  # a GPU run's JSON has the same shape, plus the compiled engine
+    gpu.update(dry_run=False, cuda_tests="14 passed, 1 skipped in 95.00s")
+    gpu["environment"].update(device_name="NVIDIA H200", gpu_count=1, memory_gib=139.8)
+    gpu["peak"].update(flops=989e12, source="datasheet peak of the H200 (bf16)")
+    gpu["training"].update(mfu=0.512, target_met=True, max_memory_gib=21.5, compiled=True)
+    decode = gpu["decode"]
+    decode["tokens_per_s"]["slmkit_compiled"] = {"batch_1": 900.0, "batch_8": 6400.0}
+    decode["warmup_seconds"]["slmkit_compiled"] = 31.0
+    decode["vs_transformers"]["slmkit_compiled"] = {"batch_1": 3.0, "batch_8": 2.0}
+    text = gpu_check.render_results(gpu)
+    assert text.startswith("GPU run, ") and "NVIDIA H200 (1 GPU(s), 139.8 GiB)" in text
+    assert "**51.2%** (target 45%: met)" in text and "989.0 TFLOP/s (datasheet peak of the H200 (bf16))" in text
+    assert "| slmkit compiled | 900 (3.00x) | 6,400 (2.00x) | 31.0 |" in text and "| peak memory | 21.5 GiB |" in text
+    assert "14 passed, 1 skipped" in text
