@@ -8,7 +8,9 @@ hold in the graph would show (the negative control proves the comparison would s
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import json
 
 import numpy as np
@@ -144,19 +146,39 @@ def test_greedy_stops_at_the_end_of_text_id_as_slmkit_does(exports):
     assert onnx_model.generate([5, 17, 3], max_new_tokens=20, eot_id=eot) == expected == full[:full.index(eot)]
 
 
-def test_export_without_cache_maps_input_ids_to_logits_equal_to_pytorch_beyond_the_window(checkpoints, tmp_path):
-    model, ckpt = checkpoints["gemma3"]
-    onnx_model = OnnxModel(export_onnx(ckpt, tmp_path / "nocache", cache=False), threads=1)
+@pytest.fixture(scope="module")
+def cli_export(tmp_path_factory):
+    """The Gemma model with a char tokenizer, exported without the cache by `slm export-onnx --no-cache`:
+    (torch model, tokenizer, checkpoint, OUT, what the command printed)."""
+    from slmkit.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("onnx-cli")
+    tokenizer = train_tokenizer(["to be or not to be, that is the question"] * 4, "char")
+    torch.manual_seed(0)
+    model = Transformer(CONFIGS["gemma3"].replace(vocab_size=tokenizer.vocab_size)).eval()
+    ckpt = save_model(model, root / "ckpt")
+    tokenizer.save(ckpt)
+    out = root / "onnx"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["export-onnx", str(ckpt), str(out), "--no-cache"]) == 0
+    return model, tokenizer, ckpt, out, printed.getvalue()
+
+
+def test_export_without_cache_maps_input_ids_to_logits_equal_to_pytorch_beyond_the_window(cli_export):
+    model, _, _, out, _ = cli_export
+    onnx_model = OnnxModel(out, threads=1)
     assert [i.name for i in onnx_model.session.get_inputs()] == ["input_ids"]
     assert [o.name for o in onnx_model.session.get_outputs()] == ["logits"]
-    for batch, length in ((1, 30), (3, 7)):
-        tokens = _tokens(batch, length, seed=length)
+    vocab = model.config.vocab_size
+    for batch, length in ((1, 30), (3, 7)):  # 30 tokens: five windows
+        tokens = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(length))
         with torch.no_grad():
             expected = model(tokens).numpy()
         got, present = onnx_model.forward(tokens.numpy())
         assert present == [] and np.abs(got - expected).max() <= TOLERANCE
-    expected = generate(model, [5, 17, 3, 42, 8], "greedy", max_new_tokens=20).tokens
-    assert onnx_model.generate([5, 17, 3, 42, 8], max_new_tokens=20) == expected
+    prompt = [5, 1, 3, 12, 8]
+    expected = generate(model, prompt, "greedy", max_new_tokens=20, eot_id=-1).tokens
+    assert onnx_model.generate(prompt, max_new_tokens=20, eot_id=-1) == expected
     with pytest.raises(SlmError, match="without the KV cache.*one length"):
         onnx_model.generate([[1, 2], [3]], max_new_tokens=2)
 
@@ -172,27 +194,21 @@ def test_export_without_cache_matches_pytorch_for_gpt2_and_llama(checkpoints, tm
     assert np.abs(onnx_model.forward(tokens.numpy())[0] - expected).max() <= TOLERANCE
 
 
-def test_cli_export_onnx_writes_model_tokenizer_and_configs(tmp_path, capsys):
-    from slmkit.tokenizer import load_tokenizer, train_tokenizer
+def test_cli_export_onnx_writes_model_tokenizer_and_configs(cli_export, capsys):
+    from slmkit.tokenizer import load_tokenizer
 
-    tokenizer = train_tokenizer(["to be or not to be, that is the question"] * 4, "char")
-    model = Transformer(CONFIGS["llama"].replace(vocab_size=tokenizer.vocab_size)).eval()
-    ckpt = save_model(model, tmp_path / "ckpt")
-    tokenizer.save(ckpt)
-    out = tmp_path / "onnx"
-    assert main(["export-onnx", str(ckpt), str(out), "--no-cache"]) == 0
-    assert "wrote ONNX model" in capsys.readouterr().out
+    model, tokenizer, ckpt, out, printed = cli_export
+    assert printed == f"wrote ONNX model {out} (without the KV cache)\n"
     assert {"model.onnx", "config.json", "genai_config.json", EXPORT_MARKER} <= {p.name for p in out.iterdir()}
     meta = json.loads((out / "config.json").read_text())
-    assert meta["cache"] is False and meta["opset"] == 20
+    assert meta["cache"] is False and meta["opset"] == 20 and meta["inputs"] == ["input_ids"]
     assert meta["model"] == model.config.to_dict() and meta["eos_token_id"] == tokenizer.eot_id
+    genai = json.loads((out / "genai_config.json").read_text())["model"]
+    assert genai["eos_token_id"] == tokenizer.eot_id
+    assert genai["decoder"]["sliding_window"] == {"window_size": 6, "layers": [0]}
     ids = tokenizer.encode("to be or not")
     assert load_tokenizer(out).encode("to be or not") == ids
-    onnx_model = OnnxModel(out)
-    assert onnx_model.eot_id == tokenizer.eot_id
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).numpy()
-    assert np.abs(onnx_model.forward([ids])[0] - expected).max() <= TOLERANCE
+    assert OnnxModel(out).eot_id == tokenizer.eot_id
     # An earlier export-onnx output is replaced only with --force, and --force may replace it.
     assert main(["export-onnx", str(ckpt), str(out), "--no-cache"]) == 2
     assert "already exists" in capsys.readouterr().err
