@@ -153,14 +153,14 @@ def test_build_optimizer_runs_fused_adamw_on_cuda(optimizer):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_flash_sdpa_runs_the_models_attention_in_bf16(family):
     """With SDPA restricted to the flash kernel, a bf16 forward and backward runs (flash refuses shapes,
-    dtypes or masks it cannot take with "No available kernel") and gives the default kernels' loss."""
+    dtypes or masks it cannot take with "No available kernel") and gives the math kernel's loss."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     setup = setup_device(DEVICE, "bf16")
     torch.manual_seed(0)
     model = Transformer(tiny_config(family)).to(setup.device).train()
     x, y = counting_batch(model.config.vocab_size)
-    with setup.autocast():
+    with sdpa_kernel(SDPBackend.MATH), setup.autocast(), torch.no_grad():
         reference = language_model_loss(model, x, y).item()
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION), setup.autocast():
         loss = language_model_loss(model, x, y)
