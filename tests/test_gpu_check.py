@@ -116,6 +116,16 @@ def test_datasheet_peak_is_looked_up_by_the_cuda_device_name(name, tflops):
     assert gpu_check.datasheet_peak(name, "fp32")[0] == tflops * 1e12 / 2  # TF32 at half the bf16 rate
 
 
+@pytest.mark.parametrize("name", ["NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA L40S"])
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_trainers_peak_for_a_gpu_is_the_scripts_lookup(name, precision, monkeypatch):
+    from slmkit.train.device import DeviceSetup, peak_flops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    setup = DeviceSetup(torch.device("cuda:0"), precision, f"cuda:0 ({name})")
+    assert peak_flops(setup) == gpu_check.datasheet_peak(name, precision)
+
+
 def test_an_unknown_gpu_has_no_datasheet_peak_and_says_what_to_pass():
     flops, source = gpu_check.datasheet_peak("NVIDIA GeForce GTX 1080")
     assert flops is None and "--peak-tflops" in source and "GTX 1080" in source
