@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -243,3 +244,15 @@ def test_quantized_checkpoint_is_refused(checkpoints, tmp_path, capsys):
     ckpt = save_model(model, tmp_path / "q", extra={"quantization": {"scheme": "int8", "layers": []}})
     assert main(["export-onnx", str(ckpt), str(tmp_path / "o")]) == 2
     assert "is quantized (int8)" in capsys.readouterr().err
+
+
+def test_missing_onnx_packages_are_named_with_the_install_command(checkpoints, exports, tmp_path, monkeypatch):
+    _, ckpt = checkpoints["llama"]
+    _, onnx_model = exports["llama"]
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` now raises ImportError
+    with pytest.raises(SlmError, match=r"need the onnxscript package.*pip install 'slmkit\[onnx\]'"):
+        export_onnx(ckpt, tmp_path / "o")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(SlmError, match="need the onnxruntime package"):
+        OnnxModel(onnx_model.directory)
+    assert not (tmp_path / "o").exists()
