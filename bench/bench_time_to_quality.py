@@ -1,0 +1,183 @@
+"""Time to quality: validation bits per byte against wall-clock seconds, slmkit recipes against
+nanoGPT's documented CPU configuration for character-level Shakespeare, on the same data and split.
+
+    python bench/bench_time_to_quality.py --budget 180 --configs baseline,quickstart,muon
+    python bench/bench_time_to_quality.py --budget 600 --configs baseline,best --write-docs
+
+Every run is `slm train` in its own process on ../shared/data/shakespeare prepared with slmkit's
+default split (by work): the baseline with a character tokenizer, the others with their own. The
+curve is the trainer's evaluations (bits per byte on a fixed validation sample) against the run's
+clock; the final figure is `slm eval` of the last checkpoint on the WHOLE validation split, and on a
+text of other authors the models never saw (slmkit/eval/compare_text.jsonl, written for this
+project), so a recipe that only fits Shakespeare's quirks shows itself. Bits per byte compare across
+tokenizers. `--parallel 2` runs two configs at once (one thread each), for screening on a busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "shakespeare"
+
+# nanoGPT's README, "I only have a macbook": train_shakespeare_char.py with --device=cpu --compile=False
+# --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000
+# --lr_decay_iters=2000 --dropout=0.0 (lr 1e-3 -> 1e-4 cosine, warmup 100, beta2 0.99, GPT-2 blocks).
+BASELINE_MODEL = ["family=\"gpt2\"", "position=\"learned\"", "norm=\"layernorm\"", "norm_bias=true", "mlp=\"gelu\"",
+                  "attention_bias=true", "mlp_bias=true", "n_layers=4", "n_heads=4", "d_model=128", "d_mlp=512",
+                  "context_length=64", "tie_embeddings=true"]
+BASELINE_TRAIN = ["train.batch_size=12", "train.seq_len=64", "train.lr=1e-3", "train.min_lr=1e-4",
+                  "train.warmup_steps=100", "train.beta2=0.99", "train.weight_decay=0.1", "train.dropout=0.0"]
+
+CONFIGS: dict[str, dict] = {
+    "baseline": {"tokenizer": "char", "preset": "nano", "set": BASELINE_MODEL + BASELINE_TRAIN,
+                 "about": "nanoGPT's CPU config for shakespeare_char (4 layers, d 128, context 64, batch 12)"},
+    "quickstart": {"tokenizer": "bpe:4096", "preset": "nano",
+                   "set": ["train.batch_size=8", "train.warmup_steps=30"],
+                   "about": "the quick start today: nano, bpe:4096, batch 8 x 256"},
+}
+
+
+def candidate(name: str, tokenizer: str, about: str, *settings: str) -> None:
+    CONFIGS[name] = {"tokenizer": tokenizer, "preset": "nano", "set": list(settings), "about": about}
+
+
+# one change at a time from the quick start (each kept or dropped by its figure)
+QUICK = ["train.batch_size=8", "train.warmup_steps=30"]
+candidate("muon", "bpe:4096", "quick start + Muon", *QUICK, "train.optimizer=\"muon\"")
+candidate("wsd", "bpe:4096", "quick start + WSD schedule", *QUICK, "train.schedule=\"wsd\"")
+candidate("lr4e-3", "bpe:4096", "quick start + lr 4e-3", *QUICK, "train.lr=4e-3")
+candidate("bpe2048", "bpe:2048", "quick start with bpe:2048", *QUICK)
+candidate("bpe1024", "bpe:1024", "quick start with bpe:1024", *QUICK)
+candidate("ctx128", "bpe:4096", "quick start, context 128, batch 16", "train.batch_size=16", "train.warmup_steps=30",
+          "train.seq_len=128")
+candidate("wide", "bpe:4096", "quick start, d_model 192, 6 heads, 3 KV heads", *QUICK, "d_model=192", "n_heads=6",
+          "n_kv_heads=3", "d_mlp=512")
+candidate("dropout", "bpe:4096", "quick start + dropout 0.1", *QUICK, "train.dropout=0.1")
+
+
+def run(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def prepare(tokenizer: str, work: Path) -> Path:
+    out = work / f"data-{tokenizer.replace(':', '')}"
+    if not (out / "meta.json").is_file():
+        subprocess.run([sys.executable, "-m", "slmkit", "prepare", str(SHAKESPEARE), "--tokenizer", tokenizer,
+                        "--out", str(out)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return out
+
+
+def train_command(name: str, data: Path, out: Path, budget: float, threads: int) -> list[str]:
+    config = CONFIGS[name]
+    vocab = json.loads((data / "meta.json").read_text())["vocab_size"]  # the model's vocabulary is the data's
+    settings = [f"vocab_size={vocab}", *config["set"], f"train.time_budget={budget}", "train.max_steps=10000000",
+                f"train.eval_interval={config.get('eval_interval', 50)}", "train.eval_batches=4",
+                "train.checkpoint_interval=0", "train.samples=0", "train.tensorboard=false", "train.wandb=false",
+                f"train.threads={threads}", "train.log_interval=50"]
+    command = [sys.executable, "-m", "slmkit", "train", "--data", str(data), "--out", str(out),
+               "--preset", config["preset"], "--quiet", "--overwrite"]
+    for setting in settings:
+        command += ["--set", setting]
+    return command
+
+
+def final_scores(run_dir: Path, data: Path, other_text: Path) -> dict:
+    from slmkit import api
+
+    checkpoint = run_dir / "checkpoints" / "last"
+    on_val = api.evaluate_models([checkpoint], data=data, progress=False).results[0]
+    on_other = api.evaluate_models([checkpoint], texts=[other_text], progress=False).results[0]
+    return {"val_bpb": on_val.bits_per_byte, "other_authors_bpb": on_other.bits_per_byte}
+
+
+def curve(run_dir: Path) -> list[tuple[float, float]]:
+    points = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "eval" and event.get("val_bpb") is not None:
+            points.append((float(event["time"]), float(event["val_bpb"])))
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=180.0, help="seconds of training per run")
+    parser.add_argument("--configs", default="baseline,quickstart", help=f"comma list of {', '.join(CONFIGS)}")
+    parser.add_argument("--parallel", type=int, default=1, help="configs run at once (threads split between them)")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ttq"))
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--plot", default=None, help="write the curves to this PNG")
+    args = parser.parse_args(argv)
+    if not SHAKESPEARE.is_dir():
+        print(f"needs {SHAKESPEARE} (../shared/data beside the repository)", file=sys.stderr)
+        return 2
+    names = [n for n in args.configs.split(",") if n]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        print(f"unknown configs {unknown}; known: {', '.join(CONFIGS)}", file=sys.stderr)
+        return 2
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    other = work / "other_authors.txt"
+    rows = [json.loads(line)["text"] for line in (ROOT / "slmkit" / "eval" / "compare_text.jsonl").read_text().splitlines()]
+    other.write_text("\n\n".join(rows) + "\n", encoding="utf-8")
+    data = {name: prepare(CONFIGS[name]["tokenizer"], work) for name in names}
+    threads = max(1, (os.cpu_count() or 2) // args.parallel)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = os.getloadavg()
+    results = {}
+    for first in range(0, len(names), args.parallel):
+        group = names[first:first + args.parallel]
+        processes = {n: run(train_command(n, data[n], work / f"run-{n}", args.budget, threads), work / f"{n}.log")
+                     for n in group}
+        for name, process in processes.items():
+            if process.wait() != 0:
+                print(f"{name} failed: see {work / (name + '.log')}", file=sys.stderr)
+                return 1
+        for name in group:
+            run_dir = work / f"run-{name}"
+            results[name] = {"about": CONFIGS[name]["about"], "tokenizer": CONFIGS[name]["tokenizer"],
+                             "curve": curve(run_dir), **final_scores(run_dir, data[name], other)}
+            print(f"{name:12s} val {results[name]['val_bpb']:.3f} bpb, other authors "
+                  f"{results[name]['other_authors_bpb']:.3f} bpb  ({CONFIGS[name]['about']})", flush=True)
+    record = {"date": started.strftime("%Y-%m-%d %H:%M UTC"), "budget_s": args.budget, "parallel": args.parallel,
+              "threads": threads, "load_before": load_before, "load_after": os.getloadavg(),
+              "machine": platform.processor() or platform.machine(), "command": " ".join(sys.argv),
+              "results": results}
+    if "baseline" in results:
+        base = results["baseline"]["val_bpb"]
+        for result in results.values():
+            result["vs_baseline"] = result["val_bpb"] / base - 1
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for name, result in results.items():
+            xs, ys = zip(*result["curve"]) if result["curve"] else ((), ())
+            axis.plot(xs, ys, label=f"{name} ({result['val_bpb']:.3f})")
+        axis.set_xlabel("wall-clock seconds")
+        axis.set_ylabel("validation bits per byte (sample)")
+        axis.set_title(f"time to quality, {args.budget:g} s budget")
+        axis.grid(alpha=0.3)
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(args.plot, dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
