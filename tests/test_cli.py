@@ -17,8 +17,9 @@ from slmkit.cli.generate import generation_config
 from slmkit.cli.options import add_options, given_options, options_from_args
 from slmkit.errors import SlmError
 
-COMMANDS = ("presets", "info", "prepare", "data", "tokenizer", "import-hf", "export-hf", "train", "report",
-            "quickstart", "generate", "chat")
+COMMANDS = ("presets", "info", "prepare", "data", "tokenizer", "import-hf", "export-hf", "push", "export-onnx",
+            "train", "report", "quickstart", "run", "finetune", "merge-lora", "generate", "chat", "eval", "status",
+            "code-eval", "lm-eval-task", "audit", "compare", "average", "quantize", "serve")
 
 # One value per GenerationConfig field, unlike its default and every preset's: (flags, value in the config).
 GENERATION_VALUES = {
@@ -58,6 +59,8 @@ def test_every_command_module_registers_its_commands(capsys):
     with pytest.raises(SystemExit) as done:
         parse("no-such-command")
     assert done.value.code == 2
+    registered = {name for action in build_parser()._subparsers._group_actions for name in action.choices}
+    assert registered == set(COMMANDS), "list a new command in COMMANDS so its --help is checked"
 
 
 def test_the_test_values_cover_every_generation_config_field():
