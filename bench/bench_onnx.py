@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: benchdocs
 
+from bench_generate import matmul_floor  # noqa: E402
 from benchdocs import write_section  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
@@ -75,7 +76,8 @@ def measure(preset: str, args, workdir: Path) -> dict:
                 total, one = best_time(lambda: run(n)), best_time(lambda: run(1))  # noqa: B023
                 rates[name] = max(rates[name], (n - 1) / max(total - one, 1e-9))
     params = sum(p.numel() for p in model.parameters())
-    return {"rates": rates, "same": same, "export_s": export_s, "size_mb": size_mb, "params": params}
+    floor = matmul_floor(model, args.repeats)
+    return {"rates": rates, "same": same, "export_s": export_s, "size_mb": size_mb, "params": params, "floor": floor}
 
 
 def main() -> None:
@@ -105,19 +107,20 @@ def main() -> None:
             f"1-minute load average {', '.join(f'{x:.1f}' for x in loads)} at the start and after each model "
             f"(other engineers' jobs shared the machine)")
     rows = ["| model | parameters | model.onnx | export | slmkit decode, tok/s | onnxruntime decode, tok/s "
-            "| onnxruntime / slmkit | same greedy tokens |",
-            "|---|---:|---:|---:|---:|---:|---:|---|"]
+            "| onnxruntime / slmkit | PyTorch weight matmuls alone, tok/s | same greedy tokens |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for preset, r in results.items():
         ours, theirs = r["rates"]["slmkit (PyTorch)"], r["rates"]["onnxruntime"]
         rows.append(f"| `{preset}` | {r['params'] / 1e6:.1f}M | {r['size_mb']:.1f} MB | {r['export_s']:.0f} s "
-                    f"| {ours:.0f} | {theirs:.0f} | {theirs / ours:.2f}x | {r['same']} |")
+                    f"| {ours:.0f} | {theirs:.0f} | {theirs / ours:.2f}x | {r['floor']:.0f} | {r['same']} |")
     body = [
         f"Command: `{command}` ({info}). Random weights, float32, CPU; batch 1, greedy, prompt "
         f"{args.prompt_tokens} tokens, {args.new_tokens} new tokens; decode tokens/s = (N - 1) / (time of N new "
         f"tokens - time of 1), best of {args.repeats} runs taken in turn. slmkit decodes with its KVCache "
         f"(`slmkit.generate`, eager PyTorch); onnxruntime runs the `slm export-onnx` graph (past/present "
         f"tensors, every step's present fed back as the next past) through `OnnxModel.generate`. The export "
-        f"column is the time of `export_onnx` on this loaded machine.",
+        f"column is the time of `export_onnx` on this loaded machine. The weight-matmul column times PyTorch's "
+        f"`F.linear` over every weight matrix once (bench_generate's floor of a batch-1 step, float32).",
         "",
         *rows,
     ]
