@@ -205,3 +205,13 @@ def test_slm_quantize_then_generate_and_eval_through_the_cli(checkpoint, tmp_pat
     assert len(bpb) == 2 and abs(bpb[1] - bpb[0]) / bpb[0] < 0.02
     assert main(["quantize", str(out), str(tmp_path / "again")]) == 2
     assert "is already quantized (int8)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_quantized_layers_compile_to_the_same_logits(quantized):
+    """generate(..., compile=True) runs the model through torch.compile; the quantized kernels must lower."""
+    x = tokens()
+    for name in ("int8-head", "int4", "int8-dynamic"):
+        model = load_model(quantized[name])
+        with torch.inference_mode():
+            assert relative_error(torch.compile(model)(x), model(x)) < 1e-3, name
