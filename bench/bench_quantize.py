@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._dynamo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: benchdocs
@@ -55,6 +56,7 @@ VARIANTS = {
     "int4 (group 64) + head": ({"to": "int4", "group_size": 64, "quantize_head": True}, torch.float32),
 }
 PEER = "transformers fp32"
+COMPILED = ", compiled"  # a row of the same model decoding with slmkit's compiled step
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
@@ -89,6 +91,17 @@ def weight_bytes(model) -> int:
     return total
 
 
+def matmul_rate(model, repeats: int = 10) -> float:
+    """Tokens/s if a batch-1 step cost only its weight matmuls: every Linear (float or quantized) once,
+    on one row in the model's dtype, the best of `repeats` in CPU time."""
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, QuantizedLinear))]
+    dtype = next(model.parameters()).dtype
+    rows = {layer.in_features: torch.randn(1, layer.in_features, dtype=dtype) for layer in layers}
+    with torch.inference_mode():
+        return 1.0 / min(timed(lambda: [layer(rows[layer.in_features]) for layer in layers])[1]
+                         for _ in range(repeats))
+
+
 def memory_bandwidth(repeats: int = 5) -> float:
     """Bytes/s of reading a 512 MB tensor once (a sum), the best of `repeats`."""
     data = torch.ones(1 << 27, dtype=torch.float32)
@@ -103,12 +116,12 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(models: dict, hf, vocab: int, new_tokens: int, repeats: int, compile: bool) -> dict[str, dict]:
+def measure(models: dict, hf, vocab: int, new_tokens: int, repeats: int) -> dict[str, dict]:
     """Decode tokens/s at batch 1 and 8 per engine, best of `repeats` rounds taken in turn."""
     prompt = torch.randint(3, vocab, (8, 16), generator=torch.Generator().manual_seed(1))
     config = GenerationConfig(temperature=0.0, ignore_eot=True)
 
-    def ours(model, batch, n):
+    def ours(model, batch, n, compile):
         rows = prompt[:batch].tolist() if batch > 1 else prompt[0].tolist()
         return lambda: generate(model, rows, config, max_new_tokens=n, compile=compile)
 
@@ -117,7 +130,8 @@ def measure(models: dict, hf, vocab: int, new_tokens: int, repeats: int, compile
         return lambda: hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
                                    min_new_tokens=n, eos_token_id=None, pad_token_id=0)
 
-    engines = {name: (lambda b, n, m=model: ours(m, b, n)) for name, model in models.items()}
+    compiled = {name: name.endswith(COMPILED) for name in models}
+    engines = {name: (lambda b, n, m=model, c=compiled[name]: ours(m, b, n, c)) for name, model in models.items()}
     engines[PEER] = theirs
     results = {name: {} for name in engines}
     with torch.inference_mode():
@@ -138,38 +152,47 @@ def measure(models: dict, hf, vocab: int, new_tokens: int, repeats: int, compile
 
 def speed_table(preset: str, dirs: dict, models: dict, results: dict, bandwidth: float) -> list[str]:
     float_size = (dirs["fp32"] / "model.safetensors").stat().st_size
-    bf16, peer = results["bf16"]["b1"], results[PEER]["b1"]
+    peer = results[PEER]["b1"]
+    matmuls = {name: matmul_rate(model) for name, model in models.items()}
     lines = [f"**{preset}**", "",
-             "| variant | float parts | file MB | weights read per token, MB | decode tok/s, batch 1 | vs bf16 | vs transformers "
-             "fp32 | bandwidth floor, tok/s | share of floor | decode tok/s, batch 8 | batch 1, wall clock |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| variant | float parts | file MB | weights read per token, MB | decode tok/s, batch 1 | vs bf16 | "
+             "vs transformers fp32 | bandwidth floor, tok/s | share of floor | weight matmuls alone, tok/s (GB/s) | "
+             "decode tok/s, batch 8 | batch 1, wall clock |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, model in models.items():
-        size = (dirs[name] / "model.safetensors").stat().st_size
-        if name == "bf16":
+        variant = name.removesuffix(COMPILED)
+        size = (dirs[variant] / "model.safetensors").stat().st_size
+        if variant == "bf16":
             size = float_size // 2  # the bf16 row loads the fp32 file; a bf16 file is half of it
-        read = weight_bytes(model)
-        r = results[name]
+        read, r = weight_bytes(model), results[name]
         floor = bandwidth / read
-        lines.append(f"| {name} | {DTYPE_NAMES[VARIANTS[name][1]]} | {size / 1e6:.1f} | {read / 1e6:.1f} | {r['b1']:.0f} | {r['b1'] / bf16:.2f}x | "
-                     f"{r['b1'] / peer:.2f}x | {floor:.0f} | {r['b1'] / floor:.0%} | {r['b8']:.0f} | "
-                     f"{r['b1_wall']:.0f} |")
+        lines.append(f"| {name} | {DTYPE_NAMES[VARIANTS[variant][1]]} | {size / 1e6:.1f} | {read / 1e6:.1f} | "
+                     f"{r['b1']:.0f} | {r['b1'] / bf16_rate(name, results):.2f}x | {r['b1'] / peer:.2f}x | "
+                     f"{floor:.0f} | {r['b1'] / floor:.0%} | {matmuls[name]:.0f} ({matmuls[name] * read / 1e9:.1f}) | "
+                     f"{r['b8']:.0f} | {r['b1_wall']:.0f} |")
     r = results[PEER]
-    lines.append(f"| {PEER} (export-hf) | fp32 | {float_size / 1e6:.1f} | | {r['b1']:.0f} | {r['b1'] / bf16:.2f}x | 1.00x "
-                 f"| | | {r['b8']:.0f} | {r['b1_wall']:.0f} |")
+    lines.append(f"| {PEER} (export-hf) | fp32 | {float_size / 1e6:.1f} | | {r['b1']:.0f} | "
+                 f"{r['b1'] / results['bf16']['b1']:.2f}x | 1.00x | | | | {r['b8']:.0f} | {r['b1_wall']:.0f} |")
     return lines
 
 
-def speed_notes(preset: str, models: dict, results: dict, bandwidth: float) -> list[str]:
+def bf16_rate(name: str, results: dict) -> float:
+    """Batch-1 rate of slmkit's bf16 decode in the same mode as `name` (compiled or eager)."""
+    compiled = "bf16" + COMPILED
+    return results[compiled]["b1"] if name.endswith(COMPILED) and compiled in results else results["bf16"]["b1"]
+
+
+def speed_notes(preset: str, models: dict, results: dict) -> list[str]:
     """The issue's speed targets for int8 at batch 1, met or not, and what the bytes read allow."""
-    bf16, peer, bf16_read = results["bf16"]["b1"], results[PEER]["b1"], weight_bytes(models["bf16"])
+    peer, bf16_read = results[PEER]["b1"], weight_bytes(models["bf16"])
     notes = []
-    for name in ("int8", "int8 + head", "int8 + head, bf16 rest", "int8 dynamic + head"):
-        rate, read = results[name]["b1"], weight_bytes(models[name])
+    for name in (name for name in models if name.startswith("int8")):
+        rate, read, bf16 = results[name]["b1"], weight_bytes(models[name]), bf16_rate(name, results)
         verdict = [f"{rate / bf16:.2f}x bf16 (target 1.7x: {'met' if rate >= 1.7 * bf16 else 'missed'})",
                    f"{rate / peer:.2f}x transformers fp32 (target 3x: {'met' if rate >= 3 * peer else 'missed'})"]
         notes.append(f"{preset}, {name}: {', '.join(verdict)}; it reads {read / 1e6:.1f} MB of weights per token "
-                     f"against bf16's {bf16_read / 1e6:.1f} MB, so at the same share of the bandwidth floor it "
-                     f"could reach {bf16_read / read:.2f}x bf16.")
+                     f"against bf16's {bf16_read / 1e6:.1f} MB (at the same share of the bandwidth floor: "
+                     f"{bf16_read / read:.2f}x bf16).")
     return [" ".join(notes)]
 
 
@@ -196,7 +219,7 @@ def bits_per_byte(trained: Path, data: str | None, root: Path, max_tokens: int |
     int8 = max(abs(v) for k, v in change.items() if k.startswith("int8"))
     int4 = max(abs(v) for k, v in change.items() if k.startswith("int4"))
     lines += ["", f"Targets: int8 within 1% of float: {'met' if int8 <= 0.01 else 'missed'} (largest int8 change "
-                  f"{int8:.2%}); int4 within 5%: {'met' if int4 <= 0.05 else 'missed'} (largest int4 change {int4:.2%})."]
+                  f"{int8:.3%}); int4 within 5%: {'met' if int4 <= 0.05 else 'missed'} (largest int4 change {int4:.3%})."]
     return lines
 
 
@@ -207,13 +230,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine two stall on each other)")
-    parser.add_argument("--compile", action="store_true", help="slmkit decodes with its compiled step")
+    parser.add_argument("--compile", default="", metavar="NAMES",
+                        help="comma-separated variants to time again with slmkit's compiled decode step, e.g. "
+                             "'bf16,int8 + head'")
     parser.add_argument("--trained", help="a trained run or checkpoint for the bits-per-byte table")
     parser.add_argument("--data", help="the dataset of --trained (default: its run's)")
     parser.add_argument("--max-tokens", type=int, default=None, help="score only the validation split's first N tokens")
     parser.add_argument("--write", action="store_true", help="replace the section in docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compile:  # one process compiles the decode step of many models: keep every graph
+        torch._dynamo.config.cache_size_limit = 256
     started, loads = time.perf_counter(), [os.getloadavg()[0]]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = []
@@ -223,11 +250,12 @@ def main() -> None:
         for preset in args.presets.split(","):
             dirs = build_variants(preset, root)
             models = {name: slmkit.load(dirs[name], dtype=VARIANTS[name][1]) for name in VARIANTS}
+            for name in filter(None, args.compile.split(",")):
+                models[name + COMPILED] = models[name]
             hf = hf_peer(dirs["fp32"], root / preset)
-            results = measure(models, hf, models["fp32"].config.vocab_size, args.new_tokens, args.repeats,
-                              args.compile)
+            results = measure(models, hf, models["fp32"].config.vocab_size, args.new_tokens, args.repeats)
             body += [*speed_table(preset, dirs, models, results, bandwidth), "",
-                     *speed_notes(preset, models, results, bandwidth), ""]
+                     *speed_notes(preset, models, results), ""]
             loads.append(os.getloadavg()[0])
             print("\n".join(body[-len(models) - 8:]), flush=True)
         if args.trained:
@@ -239,12 +267,13 @@ def main() -> None:
         f"torch {torch.__version__}, {args.threads} torch thread(s); {(time.perf_counter() - started) / 60:.1f} min; "
         f"1-minute load average {', '.join(f'{x:.1f}' for x in loads)} at the start and after each table). "
         f"Random weights for speed; greedy, prompt 16 tokens, {args.new_tokens} new tokens, best of "
-        f"{args.repeats} rounds taken in turn{', slmkit compiled' if args.compile else ''}; decode rates in CPU "
+        f"{args.repeats} rounds taken in turn; decode rates in CPU "
         f"time of the one-thread process (wall clock beside it). \"float parts\": the dtype the model is loaded in "
         f"(`slmkit.load(dtype=...)`), that of its embedding, norms, attention and a float head (fp32 is what "
         f"`slmkit.load` gives a quantized checkpoint by default); \"+ head\" quantizes the output head too; the "
         f"bf16 row's file MB is that of a bf16 copy. Memory bandwidth measured in the "
-        f"same run: {bandwidth / 1e9:.1f} GB/s; floor = bandwidth / weights read per token.",
+        f"same run: {bandwidth / 1e9:.1f} GB/s; floor = bandwidth / weights read per token. \"weight matmuls "
+        f"alone\": the step's Linear layers, each once on one row, nothing else (the GB/s they read at).",
         "",
     ]
     print("\n".join(header))
