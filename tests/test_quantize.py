@@ -215,3 +215,18 @@ def test_quantized_layers_compile_to_the_same_logits(quantized):
         model = load_model(quantized[name])
         with torch.inference_mode():
             assert relative_error(torch.compile(model)(x), model(x)) < 1e-3, name
+
+
+def test_a_tied_head_is_quantized_as_a_copy_of_the_embedding_which_stays_float(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=64, context_length=32, n_layers=1, d_model=64, n_heads=4, d_mlp=128,
+                         init_std=0.1, tie_embeddings=True)
+    float_model = Transformer(config).eval()
+    out = quantize_checkpoint(save_model(float_model, tmp_path / "float"), tmp_path / "q", quantize_head=True)
+    model = load_model(out)
+    assert isinstance(model.lm_head, QuantizedLinear) and torch.equal(model.embed.weight, float_model.embed.weight)
+    expected = quantize_weight(float_model.embed.weight, "int8")["qweight"]
+    assert torch.equal(model.lm_head.qweight, expected)
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        assert 0 < relative_error(model(x), float_model(x)) < 0.03
