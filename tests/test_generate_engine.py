@@ -410,6 +410,19 @@ def test_compiled_decode_step_gives_the_same_tokens():
                [g.tokens for g in generate(model, prompts, config)]
 
 
+def test_a_compiled_decode_step_is_not_compiled_again_for_another_length():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = Transformer(ModelConfig(vocab_size=VOCAB, n_layers=1, d_model=32, n_heads=4, d_mlp=64,
+                                    context_length=48)).eval()
+    graphs = []
+    for length in (4, 7, 11):  # each length slices its step's input from another size of output buffer
+        generate(model, ids(30, 3), greedy(max_new_tokens=length), compile=True)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] >= 1 and graphs[1:] == [graphs[0], graphs[0]]
+
+
 # -- a model whose logits are not finite ----------------------------------------------------------
 DECODING = {
     "greedy": GenerationConfig(temperature=0.0),

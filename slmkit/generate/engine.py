@@ -148,6 +148,9 @@ class Decoder:
                 self.forward = torch.compile(self.model, dynamic=False)
             if pad_offsets is None:  # one compiled graph for padded and unpadded batches
                 pad_offsets = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+            # a fresh (B, 1) tensor: a column sliced from the output buffer has a stride that depends on
+            # max_new_tokens, and dynamo would recompile the step for every new length
+            tokens = tokens.clone(memory_format=torch.contiguous_format)
             _batch_is_dynamic(tokens)
             _batch_is_dynamic(pad_offsets)
         return self.forward(tokens, cache=cache, pad_offsets=pad_offsets)[:, -1]
