@@ -63,6 +63,16 @@ candidate("wide", "bpe:4096", "quick start, d_model 192, 6 heads, 3 KV heads", *
           "n_kv_heads=3", "d_mlp=512")
 candidate("dropout", "bpe:4096", "quick start + dropout 0.1", *QUICK, "train.dropout=0.1")
 
+# then the changes that helped, together
+SHORT = ["train.batch_size=16", "train.seq_len=128", "train.warmup_steps=30"]
+candidate("ctx128-wsd-lr", "bpe:4096", "context 128 + WSD + lr 4e-3", *SHORT, "train.schedule=\"wsd\"", "train.lr=4e-3")
+candidate("ctx128-wsd-lr-wide", "bpe:4096", "context 128 + WSD + lr 4e-3 + d_model 192", *SHORT,
+          "train.schedule=\"wsd\"", "train.lr=4e-3", "d_model=192", "n_heads=6", "n_kv_heads=3", "d_mlp=512")
+candidate("ctx64-wsd-lr", "bpe:4096", "context 64, batch 32 + WSD + lr 4e-3", "train.batch_size=32",
+          "train.seq_len=64", "train.warmup_steps=30", "train.schedule=\"wsd\"", "train.lr=4e-3")
+candidate("ctx128-wsd-lr6e-3", "bpe:4096", "context 128 + WSD + lr 6e-3", *SHORT, "train.schedule=\"wsd\"",
+          "train.lr=6e-3")
+
 
 def run(command: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
