@@ -73,6 +73,11 @@ candidate("ctx128-wsd-lr-wide", "bpe:4096", "context 128 + WSD + lr 4e-3 + d_mod
           "train.schedule=\"wsd\"", "train.lr=4e-3", "d_model=192", "n_heads=6", "n_kv_heads=3", "d_mlp=512")
 candidate("ctx64-wsd-lr", "bpe:4096", "context 64, batch 32 + WSD + lr 4e-3", "train.batch_size=32",
           "train.seq_len=64", "train.warmup_steps=30", "train.schedule=\"wsd\"", "train.lr=4e-3")
+# for the 10-minute budget: the same recipe with more capacity
+CONFIGS["nano-quick-wide"] = {"tokenizer": "bpe:4096", "preset": "nano-quick", "about": "nano-quick, d_model 256",
+                              "set": ["d_model=256", "n_heads=8", "n_kv_heads=4", "d_mlp=768"]}
+CONFIGS["nano-quick-deep"] = {"tokenizer": "bpe:4096", "preset": "nano-quick", "about": "nano-quick, 8 layers",
+                              "set": ["n_layers=8"]}
 candidate("ctx128-wsd-lr6e-3", "bpe:4096", "context 128 + WSD + lr 6e-3", *SHORT, "train.schedule=\"wsd\"",
           "train.lr=6e-3")
 
