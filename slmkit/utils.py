@@ -20,6 +20,7 @@ import difflib
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -409,3 +410,19 @@ def output_errors(target: str | os.PathLike, what: str, flag: str = "--out", nee
 def megabytes(n_bytes: float) -> str:
     """"about 12.3 MB" (decimal megabytes), for messages."""
     return f"about {n_bytes / 1e6:,.1f} MB"
+
+
+def format_number(value, digits: int = 4) -> str:
+    """`value` with thousands separators and `digits` decimals; "n/a" for None, NaN or infinity."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def format_duration(seconds: float | None) -> str:
+    """Seconds as "4m 05s" or "1h 02m 03s"; "n/a" for None."""
+    if seconds is None:
+        return "n/a"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"

@@ -156,38 +156,36 @@ def _chat(args) -> int:
         return _chat_in_template(model, tokenizer, config, args.system)
     if args.system:
         raise SlmError("--system needs a model with a chat template (a fine-tuned one); this model continues text")
-    interactive = sys.stdin.isatty()
-    if interactive:
-        print("slm chat: type text and the model continues it; empty line: continue; /reset; /quit")
     transcript = ""
-    while True:
-        if interactive:
-            sys.stdout.write("> ")
-            sys.stdout.flush()
-        line = sys.stdin.readline()
-        if not line or line.strip() == "/quit":
-            break
-        line = line.rstrip("\n")
-        if line.strip() == "/reset":
-            transcript = ""
-            print("(transcript cleared)")
-            continue
+
+    def continue_transcript(line: str, on_text) -> None:
+        nonlocal transcript
         transcript += line
-        with _StreamAfterStart("") as reply:
-            result = api.generate(model, transcript, config.replace(overflow="slide"), tokenizer=tokenizer,
-                                  skip_special_tokens=not args.show_special, on_text=reply.on_text)
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+        result = api.generate(model, transcript, config.replace(overflow="slide"), tokenizer=tokenizer,
+                              skip_special_tokens=not args.show_special, on_text=on_text)
         transcript += result.text
-    return 0
+
+    def clear() -> None:
+        nonlocal transcript
+        transcript = ""
+
+    return _chat_loop("type text and the model continues it; empty line: continue", continue_transcript, clear,
+                      "(transcript cleared)", skip_empty=False)
 
 
 def _chat_in_template(model, tokenizer, config, system: str | None) -> int:
     """Each input line is a user turn; the model answers in the chat template."""
     session = api.ChatSession(model, tokenizer, config, system=system)
+    return _chat_loop("the model answers in its chat template", lambda line, on_text: session.reply(line, on_text),
+                      session.reset, "(conversation cleared)", skip_empty=True)
+
+
+def _chat_loop(banner: str, respond, reset, cleared: str, skip_empty: bool) -> int:
+    """Read lines from stdin until /quit or the end of input: /reset calls reset(), any other line
+    respond(line, on_text) with the reply streamed to stdout."""
     interactive = sys.stdin.isatty()
     if interactive:
-        print("slm chat: the model answers in its chat template; /reset clears the conversation; /quit")
+        print(f"slm chat: {banner}; /reset; /quit")
     while True:
         if interactive:
             sys.stdout.write("> ")
@@ -195,15 +193,15 @@ def _chat_in_template(model, tokenizer, config, system: str | None) -> int:
         line = sys.stdin.readline()
         if not line or line.strip() == "/quit":
             break
-        line = line.strip()
-        if not line:
+        if line.strip() == "/reset":
+            reset()
+            print(cleared)
             continue
-        if line == "/reset":
-            session.reset()
-            print("(conversation cleared)")
+        line = line.strip() if skip_empty else line.rstrip("\n")
+        if skip_empty and not line:
             continue
         with _StreamAfterStart("") as reply:
-            session.reply(line, on_text=reply.on_text)
+            respond(line, reply.on_text)
         sys.stdout.write("\n")
         sys.stdout.flush()
     return 0

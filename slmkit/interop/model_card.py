@@ -13,7 +13,6 @@ with no run beside it (imported, averaged elsewhere, copied alone) gets a shorte
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from slmkit.errors import SlmError
 from slmkit.model.checkpoint import read_checkpoint_config
 from slmkit.model.config import ModelConfig
 from slmkit.rundir import CHECKPOINTS, is_run_dir, read_metrics, read_run_config
+from slmkit.utils import format_duration, format_number
 
 __all__ = ["DEFAULT_LICENSE", "card_metadata", "find_run", "hub_datasets", "model_card"]
 
@@ -229,7 +229,7 @@ def _run_body(facts: _Facts, run: _RunFacts) -> list[str]:
         f"| optimizer | {train.get('optimizer')} (lr {train.get('lr')}, {train.get('schedule')} schedule, warmup "
         f"{train.get('warmup_steps')} steps, weight decay {train.get('weight_decay')}) |",
         f"| precision, device | {run.config.get('precision')}, {run.config.get('device')} |",
-        f"| wall time of the run | {_duration(run.wall_time)} |",
+        f"| wall time of the run | {format_duration(run.wall_time)} |",
     ]
     if init_from:
         lines.append(f"| {'fine-tuned' if finetune else 'initialised'} from | `{init_from}` |")
@@ -242,18 +242,18 @@ def _run_body(facts: _Facts, run: _RunFacts) -> list[str]:
         lines += [f"On the validation split at step {e['step']:,} (the exported checkpoint), from the run's "
                   f"metrics.jsonl:", "",
                   "| | loss (nats per token) | perplexity | bits per byte |", "|---|---|---|---|",
-                  f"| validation | {_number(e['val_loss'])} | {_number(e.get('val_ppl'), 2)} | "
-                  f"{_number(e.get('val_bpb'))} |"]
+                  f"| validation | {format_number(e['val_loss'])} | {format_number(e.get('val_ppl'), 2)} | "
+                  f"{format_number(e.get('val_bpb'))} |"]
         if e.get("train_loss") is not None:
-            lines.append(f"| training sample | {_number(e['train_loss'])} | {_number(e.get('train_ppl'), 2)} | "
-                         f"{_number(e.get('train_bpb'))} |")
+            lines.append(f"| training sample | {format_number(e['train_loss'])} | {format_number(e.get('train_ppl'), 2)} | "
+                         f"{format_number(e.get('train_bpb'))} |")
         lines += ["", "Bits per byte divide the loss by ln 2 and by the split's bytes per token, so models with "
                       "different tokenizers compare fairly.", ""]
     else:
         where = (f"at this checkpoint's step ({run.step:,})" if run.step is not None else
                  "for this checkpoint (it records no training step: an average or a merge, for instance)")
         lines += [f"No evaluation was recorded {where}; "
-                  + (f"the run's best validation loss was {_number(run.best['val_loss'])} nats per token at step "
+                  + (f"the run's best validation loss was {format_number(run.best['val_loss'])} nats per token at step "
                      f"{run.best['step']:,}." if run.best else "the run recorded no evaluation."), ""]
     if run.verdict is not None:
         lines += [f"Audit (`slm audit`: train/validation leaks, duplicated documents, memorisation): "
@@ -366,15 +366,3 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def _number(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:,.{digits}f}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"

@@ -7,27 +7,12 @@ can rebuild it at any time, also for an interrupted run.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 
 from slmkit.report.plots import plot_eval, plot_loss_and_lr, plot_throughput
 from slmkit.rundir import read_metrics, read_run_config
-from slmkit.utils import write_text_atomic
-
-
-def _number(value, digits: int = 4) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    return f"{value:,.{digits}f}"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+from slmkit.utils import format_duration, format_number, write_text_atomic
 
 
 def build_report(run_dir: str | Path) -> str:
@@ -83,12 +68,12 @@ def build_report(run_dir: str | Path) -> str:
         f"{config.get('seq_len')} x {train_config.get('grad_accum')} accumulation x {config.get('world_size')} "
         f"process{'es' if config.get('world_size', 1) > 1 else ''}) |",
         f"| steps | {last_step:,} of {train_config.get('max_steps'):,} |" if not train_config.get("time_budget") else
-        f"| steps | {last_step:,} (time budget {_duration(train_config['time_budget'])}) |",
+        f"| steps | {last_step:,} (time budget {format_duration(train_config['time_budget'])}) |",
         f"| tokens seen | {tokens:,} |",
-        f"| wall time | {_duration(wall)} |",
+        f"| wall time | {format_duration(wall)} |",
         f"| device | {config.get('device')}, {config.get('precision')}"
         f"{', compiled' if config.get('compile') else ''} |",
-        f"| throughput | {_number(statistics.median(rates), 0) if rates else 'n/a'} tokens/s (median) |",
+        f"| throughput | {format_number(statistics.median(rates), 0) if rates else 'n/a'} tokens/s (median) |",
         f"| MFU | {mfu_text} |",
     ]
     if config.get("init_from"):
@@ -96,12 +81,12 @@ def build_report(run_dir: str | Path) -> str:
     lines.append("")
     if final:
         lines += ["## Results", "", "| | loss (nats) | perplexity | bits per byte | step |", "|---|---|---|---|---|",
-                  f"| final validation | {_number(final['val_loss'])} | {_number(final['val_ppl'], 2)} | "
-                  f"{_number(final.get('val_bpb'))} | {final['step']:,} |",
-                  f"| best validation | {_number(best['val_loss'])} | {_number(best['val_ppl'], 2)} | "
-                  f"{_number(best.get('val_bpb'))} | {best['step']:,} |",
-                  f"| final training sample | {_number(final['train_loss'])} | {_number(final['train_ppl'], 2)} | "
-                  f"{_number(final.get('train_bpb'))} | {final['step']:,} |", ""]
+                  f"| final validation | {format_number(final['val_loss'])} | {format_number(final['val_ppl'], 2)} | "
+                  f"{format_number(final.get('val_bpb'))} | {final['step']:,} |",
+                  f"| best validation | {format_number(best['val_loss'])} | {format_number(best['val_ppl'], 2)} | "
+                  f"{format_number(best.get('val_bpb'))} | {best['step']:,} |",
+                  f"| final training sample | {format_number(final['train_loss'])} | {format_number(final['train_ppl'], 2)} | "
+                  f"{format_number(final.get('train_bpb'))} | {final['step']:,} |", ""]
         lines += ["Bits per byte divide the loss by ln 2 and by the split's bytes per token, so models with "
                   "different tokenizers compare fairly. The training sample is a fixed sample of the training "
                   "split of the same size as the validation sample.", ""]
@@ -119,9 +104,9 @@ def build_report(run_dir: str | Path) -> str:
                   "| step | tokens | val loss | val ppl | val bpb | train loss | gap (val - train) |",
                   "|---|---|---|---|---|---|---|"]
         for e in evals:
-            lines.append(f"| {e['step']:,} | {e.get('tokens', 0):,} | {_number(e['val_loss'])} | "
-                         f"{_number(e['val_ppl'], 2)} | {_number(e.get('val_bpb'))} | {_number(e['train_loss'])} | "
-                         f"{_number(e['val_loss'] - e['train_loss'])} |")
+            lines.append(f"| {e['step']:,} | {e.get('tokens', 0):,} | {format_number(e['val_loss'])} | "
+                         f"{format_number(e['val_ppl'], 2)} | {format_number(e.get('val_bpb'))} | {format_number(e['train_loss'])} | "
+                         f"{format_number(e['val_loss'] - e['train_loss'])} |")
         lines.append("")
     samples = run_dir / "samples.md"
     if samples.is_file():
@@ -141,8 +126,8 @@ def _finetune_section(run_dir: Path) -> list[str]:
              + (f", LoRA rank {summary['lora']['rank']} on {', '.join(summary['lora']['targets'])}"
                 if summary.get("lora") else ", all weights") + ".", "",
              "| held-out responses | loss (nats) | bits per byte |", "|---|---|---|",
-             f"| base model | {_number(summary.get('base_val_loss'))} | {_number(summary.get('base_val_bpb'))} |",
-             f"| fine-tuned | {_number(summary.get('val_loss'))} | {_number(summary.get('val_bpb'))} |", ""]
+             f"| base model | {format_number(summary.get('base_val_loss'))} | {format_number(summary.get('base_val_bpb'))} |",
+             f"| fine-tuned | {format_number(summary.get('val_loss'))} | {format_number(summary.get('val_bpb'))} |", ""]
     examples = summary.get("examples") or {}
     if examples:
         lines += ["| split | examples | response tokens | truncated | dropped |", "|---|---|---|---|---|"]
