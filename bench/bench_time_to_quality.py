@@ -78,6 +78,11 @@ CONFIGS["nano-quick-wide"] = {"tokenizer": "bpe:4096", "preset": "nano-quick", "
                               "set": ["d_model=256", "n_heads=8", "n_kv_heads=4", "d_mlp=768"]}
 CONFIGS["nano-quick-deep"] = {"tokenizer": "bpe:4096", "preset": "nano-quick", "about": "nano-quick, 8 layers",
                               "set": ["n_layers=8"]}
+# the 10-minute runs repeat a 1.57M-token split 2.6 times: regularise, or spend fewer bytes per token
+CONFIGS["nano-quick-dropout"] = {"tokenizer": "bpe:4096", "preset": "nano-quick", "about": "nano-quick + dropout 0.1",
+                                 "set": ["train.dropout=0.1"]}
+CONFIGS["nano-quick-bpe1024"] = {"tokenizer": "bpe:1024", "preset": "nano-quick", "about": "nano-quick on bpe:1024",
+                                 "set": []}
 candidate("ctx128-wsd-lr6e-3", "bpe:4096", "context 128 + WSD + lr 6e-3", *SHORT, "train.schedule=\"wsd\"",
           "train.lr=6e-3")
 
