@@ -108,3 +108,15 @@ def test_slm_average_cli_writes_the_average_and_scores_it(run, tmp_path, capsys)
     shutil.rmtree(out)
     assert main(["average", str(run), "--last", "1"]) == 2
     assert "at least 2 checkpoints" in capsys.readouterr().err
+
+
+def test_eval_of_a_runs_checkpoints_scores_its_averages_too(run, tmp_path):
+    from slmkit.eval.perplexity import evaluate_checkpoints, evaluate_models
+
+    average = average_checkpoints(run, last=2, overwrite=True)
+    report = evaluate_checkpoints(run, out=tmp_path, progress=False, max_tokens=256)
+    names = [result.name for result in report.results]
+    assert names[-1] == average.name and {"step-4", "step-8", "step-12", "last"} <= set(names)
+    alone = evaluate_models([average], data=json.loads((run / "config.json").read_text())["data"]["path"],
+                                progress=False, max_tokens=256).results[0]
+    assert report.results[-1].loss == pytest.approx(alone.loss, rel=1e-6)

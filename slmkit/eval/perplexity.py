@@ -491,7 +491,7 @@ def evaluate_checkpoints(run_dir: str | os.PathLike, data: str | os.PathLike | N
                          context: int | None = None, stride: int | None = None, batch_size: int = 8,
                          split: str = "val", max_tokens: int | None = None, device: str = "auto",
                          precision: str = "auto", progress: bool = True) -> EvalReport:
-    """Every checkpoint of a run (step-N, best, last) scored as `evaluate_models` scores models (by
+    """Every checkpoint of a run (step-N, best, last, and ema/ and average-*/ when present) scored as `evaluate_models` scores models (by
     default on the run's own dataset), sorted by step; the table is written to eval_checkpoints.md and
     a plot of loss and bits per byte against step to eval_checkpoints.png, in `out` (default the run's
     plots/ folder). Raises SlmError for a directory that is not a run or holds no checkpoint."""
@@ -502,16 +502,19 @@ def evaluate_checkpoints(run_dir: str | os.PathLike, data: str | os.PathLike | N
         raise SlmError(f"--checkpoints scores the checkpoints of one run; {', '.join(others)} is a directory, not a "
                        f"text file")
     found = [(f"step-{step}", path) for step, path in step_checkpoints(run_dir)]
-    found += [(name, run_dir / CHECKPOINTS / name) for name in ("best", "last")
+    found += [(name, run_dir / CHECKPOINTS / name) for name in ("best", "last", "ema")
               if (run_dir / CHECKPOINTS / name / "config.json").is_file()]
+    found += [(path.name, path) for path in sorted((run_dir / CHECKPOINTS).glob("average-*"))  # slm average
+              if (path / "config.json").is_file()]
     if not found:
         raise SlmError(f"run {run_dir} holds no checkpoint yet (nothing in {run_dir / CHECKPOINTS})")
     sources = []
     for name, path in found:
         source = _slmkit_source(f"{run_dir}/{CHECKPOINTS}/{name}", path, run_dir=run_dir)
         sources.append((name, source))
-    order = {"best": 1, "last": 2}  # after the step-N of the same step
-    sources.sort(key=lambda item: (item[1].step if item[1].step is not None else -1, order.get(item[0], 0)))
+    order = {"best": 1, "last": 2, "ema": 3}  # after the step-N of the same step (the plot keeps the first)
+    sources.sort(key=lambda item: (item[1].step if item[1].step is not None else -1,
+                                   order.get(item[0], 4 if item[0].startswith("average-") else 0)))
     report = _evaluate([s for _, s in sources], data, texts, context=context, stride=stride, batch_size=batch_size,
                        split=split, max_tokens=max_tokens, device=device, precision=precision, progress=progress)
     for (name, _), result in zip(sources, report.results):
