@@ -83,6 +83,8 @@ CONFIGS["nano-quick-dropout"] = {"tokenizer": "bpe:4096", "preset": "nano-quick"
                                  "set": ["train.dropout=0.1"]}
 CONFIGS["nano-quick-bpe1024"] = {"tokenizer": "bpe:1024", "preset": "nano-quick", "about": "nano-quick on bpe:1024",
                                  "set": []}
+CONFIGS["char-quick"] = {"tokenizer": "char", "preset": "nano-quick", "set": [],
+                         "about": "nano-quick's model and schedule on the baseline's character tokenizer"}
 candidate("ctx128-wsd-lr6e-3", "bpe:4096", "context 128 + WSD + lr 6e-3", *SHORT, "train.schedule=\"wsd\"",
           "train.lr=6e-3")
 
