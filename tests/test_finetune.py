@@ -121,6 +121,25 @@ def test_an_interrupted_lora_fine_tune_resumes_exactly(base, rows, tmp_path):
         assert torch.equal(expected[name], got[name]), name
 
 
+def test_a_lora_fine_tune_whose_base_was_replaced_is_not_resumed(base, rows, tmp_path):
+    import shutil
+
+    from slmkit.model.checkpoint import save_model
+
+    own_base = tmp_path / "base"
+    shutil.copytree(base / "checkpoints" / "last", own_base)
+    stop = lambda trainer: trainer.request_stop() if trainer.step == 4 else None  # noqa: E731
+    options = api.FinetuneOptions(data=str(rows), out=str(tmp_path / "part"), data_dir=str(tmp_path / "data"),
+                                  overrides=FAST, lora=True)
+    assert api.finetune(own_base, options, quiet=True, on_step=stop).interrupted
+    model = slmkit.load(own_base)
+    with torch.no_grad():
+        model.embed.weight.add_(0.01)
+    save_model(model, own_base)  # another model at the same path, its own hash consistent
+    with pytest.raises(SlmError, match="holds other weights now"):
+        api.train(resume=tmp_path / "part", quiet=True)
+
+
 def test_a_fine_tuned_model_chats_in_the_template(base, rows, tmp_path):
     finetune(base, rows, tmp_path / "sft", overrides=["train.max_steps=12"])
     model = slmkit.load(tmp_path / "sft")

@@ -90,7 +90,8 @@ def run_record(run: RunConfig, meta: dict, parameters: int, dist, setup, flops_p
         "data": {"path": str(run.data_dir), "vocab_size": meta.get("vocab_size"),
                  "tokenizer": meta.get("tokenizer"), "splits": meta.get("splits"), "identity": run.data_identity},
         "init_from": str(run.init_from) if run.init_from else None,
-        "finetune": {"lora": run.lora, "packing": run.packing} if _is_finetune(meta) else None,
+        "finetune": {"lora": run.lora, "packing": run.packing, "base_weights_sha256": _weights_sha256(run.init_from)}
+                    if _is_finetune(meta) else None,
         "parameters": parameters,
         "seq_len": run.seq_len,
         "tokens_per_step": run.tokens_per_step,
@@ -229,6 +230,10 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
         if lora and (init_dir is None or not init_dir.is_dir()):
             raise SlmError(f"cannot resume the LoRA fine-tune {run_dir}: its base checkpoint {init_dir} is gone "
                            f"(the adapters need it); restore it there")
+        if lora and finetune.get("base_weights_sha256") not in (None, _weights_sha256(init_dir)):
+            raise SlmError(f"cannot resume the LoRA fine-tune {run_dir}: its base checkpoint {init_dir} holds other "
+                           f"weights now (sha256 {str(_weights_sha256(init_dir))[:12]}, the run started from "
+                           f"{finetune['base_weights_sha256'][:12]}); put the original base back there")
     elif init_from is not None:
         init_dir = resolve_checkpoint_dir(init_from)
         meta = read_checkpoint_config(init_dir)
@@ -274,6 +279,8 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
     tokens_per_step = per_micro * train_config.grad_accum
     if train_config.max_tokens:
         train_config = train_config.replace(max_steps=max(1, math.ceil(train_config.max_tokens / tokens_per_step)))
+    if lora and train_config.parallelism == "fsdp" and world_size > 1:
+        raise SlmError("LoRA with train.parallelism = 'fsdp' is not supported; use ddp (adapters are small)")
     if train_config.optimizer == "muon" and train_config.parallelism == "fsdp" and world_size > 1:
         raise SlmError("train.optimizer = 'muon' with parallelism = 'fsdp' is not supported; use ddp or adamw")
 
@@ -291,6 +298,11 @@ def resolve_run(data: str | Path | None = None, out: str | Path | None = None, *
     return RunConfig(model=model_config, train=train_config, data_dir=dataset.dir.resolve(), run_dir=run_dir,
                      seq_len=seq_len, tokens_per_step=tokens_per_step, world_size=world_size, data_identity=identity,
                      resume_from=resume_dir, init_from=init_dir, overwrite=overwrite, lora=lora, packing=packing)
+
+
+def _weights_sha256(checkpoint: Path | None) -> str | None:
+    """The weights hash a checkpoint's config.json records (None without a checkpoint)."""
+    return read_checkpoint_config(checkpoint).get("weights_sha256") if checkpoint is not None else None
 
 
 def _is_run(path: Path) -> bool:
