@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmkit.config import load_config_sections
@@ -86,12 +86,9 @@ class FinetunePlan:
     rows: Path
     added_chat_tokens: bool
     lora: LoraOptions | None
-    data_summary: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
-def resolve_finetune(base: str | os.PathLike, options: FinetuneOptions | None = None, *,
-                     resume: str | os.PathLike | None = None) -> FinetunePlan:
+def resolve_finetune(base: str | os.PathLike, options: FinetuneOptions | None = None) -> FinetunePlan:
     """A fine-tune of the checkpoint (or run) `base` as a training RunConfig, with its SFT data prepared.
 
     Raises SlmError for a missing base or tokenizer, bad rows (file and line named), bad options or an
@@ -140,7 +137,7 @@ def resolve_finetune(base: str | os.PathLike, options: FinetuneOptions | None = 
                          seed=options.seed, overlong=options.overlong, overwrite=data_dir.exists(),
                          fingerprint=fingerprint)
     out = options.out
-    if out is None and resume is None:
+    if out is None:
         out = free_run_dir(Path("runs") / f"{base_model.name or 'model'}-sft")
     run = resolve_run(data_dir, out, train_config=train, init_from=base_dir, overwrite=options.overwrite,
                       extend_vocab=True, lora=lora.to_dict() if lora else None, packing=options.packing)
