@@ -72,7 +72,8 @@ def test_full_fine_tune_adds_the_chat_tokens_and_lowers_the_held_out_response_lo
     model = slmkit.load(tmp_path / "sft")
     assert model.config.vocab_size == base_vocab + 2
     record = json.loads((tmp_path / "sft" / "config.json").read_text())
-    assert record["finetune"] == {"lora": None, "packing": True}
+    base_sha = json.loads((base / "checkpoints" / "best" / "config.json").read_text())["weights_sha256"]
+    assert record["finetune"] == {"lora": None, "packing": True, "base_weights_sha256": base_sha}
     answers = (tmp_path / "sft" / "answers.md").read_text()
     assert "- reference:" in answers and "Exact matches:" in answers
     report = (tmp_path / "sft" / "report.md").read_text()
