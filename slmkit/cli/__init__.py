@@ -1,7 +1,9 @@
 """The `slm` command: one sub-command per stage, each a thin call of a public function of `slmkit.api`.
 
 Each area registers its sub-commands from its own module (`register(subparsers)`), so the command
-line stays a table of contents and the logic lives in the API.
+line stays a table of contents and the logic lives in the API. `main` builds the arguments of the
+command being run alone (`slmkit.cli.command`), and `slmkit.api` imports a stage on its first use, so
+`slm prepare`, `slm tokenizer`, `slm presets`, `slm info` and `slm --help` never load PyTorch.
 """
 
 from __future__ import annotations
@@ -18,21 +20,32 @@ from slmkit.cli import eval as evaluation
 from slmkit.cli import onnx as onnx_export
 from slmkit.cli import quantize as quantization
 from slmkit.cli import serve as serving
+from slmkit.cli.command import build_only
 from slmkit.errors import SlmError
 
 # The modules that add sub-commands, in `slm --help` order; each exposes register(subparsers).
 COMMAND_MODULES = (model, data, interop, onnx_export, train, recipe, finetune, generate, evaluation, code, audit, compare, average, quantization, serving)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `slm` parser: every command, with the arguments of all of them, or of `command` alone
+    ("": of none; every command is still listed with its help line)."""
     parser = argparse.ArgumentParser(
         prog="slm", description="slmkit: train small language models from scratch, end to end."
     )
     parser.add_argument("--version", action="version", version=f"slmkit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    if command is not None:
+        build_only(subparsers, command)
     for module in COMMAND_MODULES:
         module.register(subparsers)
     return parser
+
+
+def command_name(argv: list[str]) -> str:
+    """The sub-command `argv` runs: its first word that is not a flag ("" when none). The `slm` parser's
+    own flags (--help, --version) take no value, so no other word can come first."""
+    return next((word for word in argv if not word.startswith("-")), "")
 
 
 # Disk faults that are the user's to fix, not bugs: what to do about each. An OSError with another
@@ -74,7 +87,8 @@ def _stdout_gone() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one `slm` command; the exit status: 0 done, 2 a user error (one line, no traceback), 1 a
     disk fault (one line), 130 interrupted, 141 the output pipe was closed (as SIGPIPE would)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_name(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
         parser.print_help()

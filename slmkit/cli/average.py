@@ -6,14 +6,20 @@ import json
 from pathlib import Path
 
 from slmkit import api
+from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    average = subparsers.add_parser(
-        "average", help="average the weights of several checkpoints of one run into a new checkpoint",
+    average = add_command(
+        subparsers, "average", _average_arguments,
+        help="average the weights of several checkpoints of one run into a new checkpoint",
         description="Average the weights of several checkpoints of one run, uniformly (in float64, cast back to "
                     "the stored dtype), into a normal checkpoint with the tokenizer: by default "
                     "RUN/checkpoints/average-FIRST-LAST. The checkpoints must be one network from one run.")
+    average.set_defaults(run=_average)
+
+
+def _average_arguments(average) -> None:
     average.add_argument("run_dir", metavar="RUN", help="a run directory (slm train)")
     chosen = average.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--last", type=int, metavar="N", help="the N newest step-N checkpoints of the run")
@@ -25,7 +31,6 @@ def register(subparsers) -> None:
     average.add_argument("--eval", action="store_true",
                          help="then print the validation loss and bits per byte of each input and of the average "
                               "(on the run's dataset)")
-    average.set_defaults(run=_average)
 
 
 def _average(args) -> int:

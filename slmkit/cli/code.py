@@ -6,16 +6,23 @@ import json
 import sys
 
 from slmkit import api
+from slmkit.cli.command import add_command
 from slmkit.errors import SlmError
 
 
 def register(subparsers) -> None:
-    code = subparsers.add_parser(
-        "code-eval", help="the code-generation suite: completions run in a sandbox against hidden tests, pass@k",
+    code = add_command(
+        subparsers, "code-eval", _code_eval_arguments,
+        help="the code-generation suite: completions run in a sandbox against hidden tests, pass@k",
         description="Each of the suite's Python tasks (a signature and docstring) is continued by MODEL; every "
                     "completion runs in a sandbox (a fresh interpreter, CPU/memory/file limits, a throwaway "
                     "directory, no network) against the task's hidden tests. Prints pass@k (the unbiased "
                     "estimator). --self-test proves the harness: canonical solutions score 1, broken ones 0.")
+    code.set_defaults(run=_code_eval)
+    register_lm_eval(subparsers)
+
+
+def _code_eval_arguments(code) -> None:
     code.add_argument("model", nargs="?", metavar="MODEL", help="an slmkit checkpoint or run directory")
     code.add_argument("--n", type=int, default=None, help="completions per task (default 1: greedy; more: sampled)")
     code.add_argument("--k", type=int, action="append", metavar="K", help="report pass@K (repeatable; K <= n)")
@@ -27,8 +34,6 @@ def register(subparsers) -> None:
                       help="every step-N checkpoint of the run MODEL: results per checkpoint and a plot of pass@k")
     code.add_argument("--self-test", action="store_true", help="run the harness on known answers and exit")
     code.add_argument("--json", action="store_true", help="print the results as JSON")
-    code.set_defaults(run=_code_eval)
-    register_lm_eval(subparsers)
 
 
 def _code_eval(args) -> int:
@@ -67,14 +72,18 @@ def _code_eval(args) -> int:
 
 
 def register_lm_eval(subparsers) -> None:
-    task = subparsers.add_parser(
-        "lm-eval-task", help="write the offline lm-evaluation-harness task and print the lm_eval command",
+    task = add_command(
+        subparsers, "lm-eval-task", _lm_eval_task_arguments,
+        help="write the offline lm-evaluation-harness task and print the lm_eval command",
         description="Write slmkit's small lm-evaluation-harness task (slmkit_cloze) into DIR and print the "
                     "lm_eval command that runs it on a model exported with `slm export-hf` (lm-eval is the "
                     "optional `lm-eval` extra).")
+    task.set_defaults(run=_lm_eval_task)
+
+
+def _lm_eval_task_arguments(task) -> None:
     task.add_argument("directory", metavar="DIR", help="where to write the task YAML")
     task.add_argument("--model", default="HF_DIR", help="the exported Hugging Face model directory to name")
-    task.set_defaults(run=_lm_eval_task)
 
 
 def _lm_eval_task(args) -> int:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import json
 
 from slmkit import api
+from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    compare = subparsers.add_parser(
-        "compare", help="models side by side on the same prompts and seed, in markdown and HTML, with figures",
+    compare = add_command(
+        subparsers, "compare", _compare_arguments,
+        help="models side by side on the same prompts and seed, in markdown and HTML, with figures",
         description="Continue every prompt (the built-in suite of stories, encyclopedic prose, dialogue, verse "
                     "and code, or --prompts FILE) with every MODEL (slmkit checkpoints or runs, local Hugging "
                     "Face model directories) with the same decoding settings and seed. Writes compare.md and a "
                     "self-contained compare.html to --out, with per-model figures: bits per byte on a shared "
                     "text, distinct-1 and distinct-2, repetition rate, mean output length.")
+    compare.set_defaults(run=_compare)
+
+
+def _compare_arguments(compare) -> None:
     compare.add_argument("models", nargs="+", metavar="MODEL", help="model directories to compare")
     compare.add_argument("--prompts", metavar="FILE",
                          help='a JSONL file, one object a line: {"id": "story", "prompt": "Once upon a time"} '
@@ -30,7 +36,6 @@ def register(subparsers) -> None:
                                                                           "0 for all (default 40)")
     compare.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     compare.add_argument("--json", action="store_true", help="print JSON instead of the figures table")
-    compare.set_defaults(run=_compare)
 
 
 def _compare(args) -> int:

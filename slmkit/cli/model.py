@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from slmkit import api
+from slmkit.cli.command import add_command
 
 
 def add_config_arguments(parser, required: bool = False) -> None:
@@ -17,8 +18,8 @@ def register(subparsers) -> None:
     presets = subparsers.add_parser("presets", help="list the model presets")
     presets.set_defaults(run=_presets)
 
-    info = subparsers.add_parser("info", help="parameters, memory, FLOPs and KV cache of a model config")
-    add_config_arguments(info)
+    info = add_command(subparsers, "info", add_config_arguments,
+                       help="parameters, memory, FLOPs and KV cache of a model config")
     info.set_defaults(run=_info)
 
 

@@ -4,16 +4,22 @@
 from __future__ import annotations
 
 from slmkit import api
+from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    exp = subparsers.add_parser(
-        "export-onnx", help="write an slmkit checkpoint as an ONNX model (onnxruntime, onnxruntime-genai)",
+    exp = add_command(
+        subparsers, "export-onnx", _export_onnx_arguments,
+        help="write an slmkit checkpoint as an ONNX model (onnxruntime, onnxruntime-genai)",
         description="Write an slmkit checkpoint (or a run's best/last checkpoint) as OUT/model.onnx in float32, "
                     "with KV-cache inputs and outputs (past_key_values.N.key/value -> present.N.key/value) unless "
                     "--no-cache, beside config.json, genai_config.json and the tokenizer files. Needs the onnx "
                     "extra: pip install 'slmkit[onnx]'.",
     )
+    exp.set_defaults(run=_export_onnx)
+
+
+def _export_onnx_arguments(exp) -> None:
     exp.add_argument("ckpt", metavar="CKPT", help="an slmkit checkpoint or run directory")
     exp.add_argument("out", metavar="OUT", help="the ONNX model directory to write")
     exp.add_argument("--no-cache", dest="cache", action="store_false",
@@ -23,7 +29,6 @@ def register(subparsers) -> None:
     exp.add_argument("--force", action="store_true",
                      help="replace OUT when it is empty or an earlier export-onnx output (never the input run or "
                           "checkpoint, a folder around them, a dataset or another checkpoint)")
-    exp.set_defaults(run=_export_onnx)
 
 
 def _export_onnx(args) -> int:

@@ -6,15 +6,21 @@ import json
 from pathlib import Path
 
 from slmkit import api
+from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    quantize = subparsers.add_parser(
-        "quantize", help="write an int8 or int4 copy of a checkpoint that decodes faster on the CPU",
+    quantize = add_command(
+        subparsers, "quantize", _quantize_arguments,
+        help="write an int8 or int4 copy of a checkpoint that decodes faster on the CPU",
         description="Quantize the Linear layers inside the blocks (attention qkv and out, MLP up, gate and down) "
                     "of a float checkpoint; embeddings, norms and (unless --head) the output head stay float. "
                     "OUT is a checkpoint that slm generate, chat and eval take like any other. See "
                     "docs/quantization.md.")
+    quantize.set_defaults(run=_quantize)
+
+
+def _quantize_arguments(quantize) -> None:
     quantize.add_argument("ckpt", metavar="CKPT", help="a float checkpoint, or a run (its best, else last)")
     quantize.add_argument("out", metavar="OUT", help="the directory to write")
     quantize.add_argument("--to", choices=("int8", "int4"), default="int8",
@@ -29,7 +35,6 @@ def register(subparsers) -> None:
                                "vocabulary; the largest speed-up, a little more error)")
     quantize.add_argument("--force", action="store_true",
                           help="replace OUT when it is empty or an earlier slm quantize output (never the input)")
-    quantize.set_defaults(run=_quantize)
 
 
 def _quantize(args) -> int:

@@ -5,28 +5,29 @@ from __future__ import annotations
 import dataclasses
 
 from slmkit import api
+from slmkit.cli.command import add_command
 from slmkit.cli.options import add_options, options_from_args
 
 
 def register(subparsers) -> None:
-    train = subparsers.add_parser(
-        "train", help="train a model on a prepared dataset into a run directory",
+    train = add_command(
+        subparsers, "train", lambda parser: add_options(parser, api.TrainOptions),
+        help="train a model on a prepared dataset into a run directory",
         description="Train a model on a dataset made by `slm prepare`. Any config field can be set with "
                     "--set (model fields bare, training fields as train.FIELD). Under "
                     "`torchrun --nproc_per_node=N` the same command trains with DDP.")
-    add_options(train, api.TrainOptions)
     train.set_defaults(run=_train)
 
-    report = subparsers.add_parser("report", help="write report.md and plots for a run directory")
-    report.add_argument("run_dir", metavar="RUN")
+    report = add_command(subparsers, "report", lambda parser: parser.add_argument("run_dir", metavar="RUN"),
+                         help="write report.md and plots for a run directory")
     report.set_defaults(run=_report)
 
-    quick = subparsers.add_parser(
-        "quickstart", help="prepare Shakespeare, train the nano model for a few minutes, sample, report",
+    quick = add_command(
+        subparsers, "quickstart", lambda parser: add_options(parser, api.QuickstartOptions),
+        help="prepare Shakespeare, train the nano model for a few minutes, sample, report",
         description="The whole flow on a CPU in a few minutes: prepare the built-in Shakespeare corpus "
                     "(the Python standard library if it cannot be fetched) with a 4,096-token BPE tokenizer, "
                     "train the nano preset, print samples and write the report.")
-    add_options(quick, api.QuickstartOptions)
     quick.set_defaults(run=_quickstart)
 
 
