@@ -104,6 +104,13 @@ CONFIGS["nq-compile-drop"] = {**NQ, "about": "nano-quick + compile, dropout 0.1"
                               "set": ["train.compile=true", "train.dropout=0.1"]}
 CONFIGS["nq-compile-d256"] = {**NQ, "about": "nano-quick + compile, d_model 256",
                               "set": ["train.compile=true", "d_model=256", "n_heads=8", "n_kv_heads=4", "d_mlp=768"]}
+# the floor: how low do bigger, regularised models get on this split with 30 minutes (eager: dropout
+# under torch.compile runs at less than half speed on CPU)
+CONFIGS["floor-d192-drop"] = {**NQ, "about": "nano-quick, d_model 192, dropout 0.1",
+                              "set": ["d_model=192", "n_heads=6", "n_kv_heads=3", "d_mlp=512", "train.dropout=0.1"]}
+CONFIGS["floor-d256-L6-drop"] = {**NQ, "about": "nano-quick, d_model 256, 6 layers, dropout 0.2, lr 2e-3",
+                                 "set": ["d_model=256", "n_heads=8", "n_kv_heads=4", "d_mlp=768", "n_layers=6",
+                                         "train.dropout=0.2", "train.lr=2e-3"]}
 candidate("ctx128-wsd-lr6e-3", "bpe:4096", "context 128 + WSD + lr 6e-3", *SHORT, "train.schedule=\"wsd\"",
           "train.lr=6e-3")
 
@@ -170,6 +177,32 @@ def passes(run_dir: Path, data: Path) -> dict:
     return {"tokens_read": read, "train_tokens": split, "passes": round(read / split, 2)}
 
 
+def plot(record: dict, path: str) -> None:
+    """Validation bits per byte against wall-clock seconds (left) and against passes over the
+    training split (right: where a recipe stops gaining from the data it repeats)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_time, by_pass) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for name, result in record["results"].items():
+        points = result["curve"]
+        label = f"{name} ({result['val_bpb']:.3f})"
+        by_time.plot([p[0] for p in points], [p[1] for p in points], label=label)
+        if len(points[0]) > 2 and result.get("train_tokens"):
+            by_pass.plot([p[2] / result["train_tokens"] for p in points], [p[1] for p in points], label=label)
+    by_time.set_xlabel("wall-clock seconds")
+    by_time.set_ylabel("validation bits per byte (sample)")
+    by_pass.set_xlabel("passes over the training split")
+    for axis in (by_time, by_pass):
+        axis.grid(alpha=0.3)
+    by_time.legend()
+    figure.suptitle(f"time to quality, {record['budget_s']:g} s budget")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, default=180.0, help="seconds of training per run")
@@ -178,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ttq"))
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--plot", default=None, help="write the curves to this PNG")
+    parser.add_argument("--replot", default=None, metavar="JSON", help="only draw --plot from a JSON written before")
     args = parser.parse_args(argv)
+    if args.replot:
+        plot(json.loads(Path(args.replot).read_text()), args.plot or str(Path(args.replot).with_suffix(".png")))
+        return 0
     if not SHAKESPEARE.is_dir():
         print(f"needs {SHAKESPEARE} (../shared/data beside the repository)", file=sys.stderr)
         return 2
@@ -224,22 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, axis = plt.subplots(figsize=(7, 4.5))
-        for name, result in results.items():
-            xs, ys = ([point[0] for point in result["curve"]], [point[1] for point in result["curve"]])
-            axis.plot(xs, ys, label=f"{name} ({result['val_bpb']:.3f})")
-        axis.set_xlabel("wall-clock seconds")
-        axis.set_ylabel("validation bits per byte (sample)")
-        axis.set_title(f"time to quality, {args.budget:g} s budget")
-        axis.grid(alpha=0.3)
-        axis.legend()
-        figure.tight_layout()
-        figure.savefig(args.plot, dpi=110)
+        plot(record, args.plot)
     return 0
 
 
