@@ -80,6 +80,18 @@ def step_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def run_checkpoints(run_dir: str | os.PathLike) -> list[tuple[str, Path]]:
+    """(name, dir) of every complete checkpoint of a run: its step-N (oldest first), best, last, ema
+    (train.ema_decay) and average-* (`slm average`) when present."""
+    checkpoints = Path(run_dir) / CHECKPOINTS
+    found = [(f"step-{step}", path) for step, path in step_checkpoints(run_dir)]
+    found += [(name, checkpoints / name) for name in ("best", "last", "ema")
+              if (checkpoints / name / CHECKPOINT_CONFIG).is_file()]
+    found += [(path.name, path) for path in sorted(checkpoints.glob("average-*"))
+              if (path / CHECKPOINT_CONFIG).is_file()]
+    return found
+
+
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """A checkpoint dir itself, or a run dir's best (else last) checkpoint."""
     path = Path(path)

@@ -136,3 +136,18 @@ def test_slm_status_prints_a_table_or_json(runs, monkeypatch, capsys):
     assert args.run(args) == 0
     states = {item["run"]: item["state"] for item in json.loads(capsys.readouterr().out)}
     assert states[str(runs / "finished")] == "finished" and states[str(runs / "stopped")] == "stopped"
+
+
+def test_status_lists_every_checkpoint_of_a_run_with_its_step(runs):
+    run = copy_run(runs, "with-ema")
+    checkpoints = run / "checkpoints"
+    shutil.copytree(checkpoints / "last", checkpoints / "ema")
+    shutil.copytree(checkpoints / "last", checkpoints / "average-last-2")
+    (checkpoints / "average-broken").mkdir()  # no config.json: not a checkpoint
+    status = status_of(run)
+    assert status.checkpoints[-2:] == ["ema (step 20)", "average-last-2 (step 20)"]
+    assert "last (step 20)" in status.checkpoints and "best (step 20)" in status.checkpoints
+    assert not any(item.startswith("average-broken") for item in status.checkpoints)
+    assert status.last_checkpoint == "last (step 20)"  # what --resume reads, not the ema or the average
+    row = format_status([status]).splitlines()[2]
+    assert "ema, average-last-2" in row and "average-broken" not in row

@@ -51,7 +51,7 @@ from slmkit.rundir import (
     is_run_dir,
     read_run_config,
     resolve_checkpoint_dir,
-    step_checkpoints,
+    run_checkpoints,
 )
 from slmkit.tokenizer import load_tokenizer
 from slmkit.train.device import setup_device
@@ -501,11 +501,7 @@ def evaluate_checkpoints(run_dir: str | os.PathLike, data: str | os.PathLike | N
     if others:
         raise SlmError(f"--checkpoints scores the checkpoints of one run; {', '.join(others)} is a directory, not a "
                        f"text file")
-    found = [(f"step-{step}", path) for step, path in step_checkpoints(run_dir)]
-    found += [(name, run_dir / CHECKPOINTS / name) for name in ("best", "last", "ema")
-              if (run_dir / CHECKPOINTS / name / "config.json").is_file()]
-    found += [(path.name, path) for path in sorted((run_dir / CHECKPOINTS).glob("average-*"))  # slm average
-              if (path / "config.json").is_file()]
+    found = run_checkpoints(run_dir)
     if not found:
         raise SlmError(f"run {run_dir} holds no checkpoint yet (nothing in {run_dir / CHECKPOINTS})")
     sources = []

@@ -20,19 +20,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.rundir import (
-    CHECKPOINTS,
     METRICS_FILE,
     RUN_CONFIG,
     RUN_FORMAT,
     RunLock,
     lock_owner_alive,
     read_metrics,
-    step_checkpoints,
+    run_checkpoints,
 )
 
 SESSION_EVENTS = ("start", "resume", "end", "interrupted", "stopped")  # the bookkeeping that decides the state
@@ -42,8 +41,8 @@ STATES = ("running", "finished", "stopped", "failed")
 @dataclass
 class RunStatus:
     """One run: its state and why, the step and tokens reached, the best validation figures (nats
-    per token, bits per byte), the newest checkpoint and when the run last changed (seconds since the
-    epoch)."""
+    per token, bits per byte), the newest checkpoint, every checkpoint the run holds and when the run
+    last changed (seconds since the epoch)."""
 
     run: str
     state: str  # one of STATES
@@ -54,6 +53,7 @@ class RunStatus:
     best_val_bpb: float | None
     last_checkpoint: str | None  # e.g. "last (step 400)"
     updated: float
+    checkpoints: list[str] = field(default_factory=list)  # "NAME (step N)", every one: step-N, best, last, ema, average-*
 
     def to_dict(self) -> dict:
         return {**asdict(self), "updated": _when(self.updated)}
@@ -116,7 +116,8 @@ def status_of(run_dir: str | os.PathLike) -> RunStatus:
     return RunStatus(str(run_dir), state, reason, max((int(e.get("step", 0)) for e in events), default=0),
                      with_tokens[-1]["tokens"] if with_tokens else 0,
                      best["val_loss"] if best else None, best.get("val_bpb") if best else None,
-                     _last_checkpoint(run_dir), updated)
+                     _last_checkpoint(run_dir), updated, [f"{name} ({_step_text(path)})"
+                                                          for name, path in run_checkpoints(run_dir)])
 
 
 def _lock_owner(path: Path) -> dict | None:
@@ -127,17 +128,27 @@ def _lock_owner(path: Path) -> dict | None:
     return owner if isinstance(owner, dict) and isinstance(owner.get("pid"), int) else None
 
 
+def _checkpoint_step(path: Path) -> int | None:
+    try:
+        step = json.loads((path / "config.json").read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def _step_text(path: Path) -> str:
+    step = _checkpoint_step(path)
+    return "step unknown" if step is None else f"step {step:,}"
+
+
 def _last_checkpoint(run_dir: Path) -> str | None:
     """The newest checkpoint, "NAME (step N)": last/ where it is the newest (what --resume reads)."""
     preference = {"last": 2, "best": 1}  # of checkpoints of one step: last/, then best/, then step-N
-    found = [(step, 0, path.name) for step, path in step_checkpoints(run_dir)]
-    for name, rank in preference.items():
-        try:
-            step = json.loads((run_dir / CHECKPOINTS / name / "config.json").read_text()).get("step")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if isinstance(step, int):
-            found.append((step, rank, name))
+    found = []
+    for name, path in run_checkpoints(run_dir):
+        step = _checkpoint_step(path)
+        if step is not None and (name in preference or name.startswith("step-")):
+            found.append((step, preference.get(name, 0), name))
     if not found:
         return None
     step, _, name = max(found)
@@ -152,11 +163,13 @@ def format_status(statuses: list[RunStatus], directory: str | os.PathLike = "run
     """A markdown table of the runs, one line each."""
     if not statuses:
         return f"no runs under {directory}"
-    lines = ["| run | state | step | tokens | best val loss | best val bpb | last checkpoint | updated | why |",
-             "|---|---|---:|---:|---:|---:|---|---|---|"]
+    lines = ["| run | state | step | tokens | best val loss | best val bpb | last checkpoint | checkpoints | updated "
+             "| why |",
+             "|---|---|---:|---:|---:|---:|---|---|---|---|"]
     for s in statuses:
         loss = "" if s.best_val_loss is None else f"{s.best_val_loss:.4f}"
         bpb = "" if s.best_val_bpb is None else f"{s.best_val_bpb:.4f}"
+        names = ", ".join(item.split(" (")[0] for item in s.checkpoints)
         lines.append(f"| {s.run} | {s.state} | {s.step:,} | {s.tokens:,} | {loss} | {bpb} | {s.last_checkpoint or ''} "
-                     f"| {_when(s.updated)} | {s.reason} |")
+                     f"| {names} | {_when(s.updated)} | {s.reason} |")
     return "\n".join(lines)
