@@ -202,3 +202,22 @@ def test_a_two_process_ddp_run_keeps_the_same_ema_as_one_process(data_dir, tmp_p
         assert (got[name] - expected[name]).abs().max() < 1e-4, name
     single_ema = [e["ema_val_loss"] for e in train_events(single, "eval")]
     assert [e["ema_val_loss"] for e in train_events(ddp, "eval")] == pytest.approx(single_ema, abs=1e-5)
+
+
+def test_the_report_of_a_run_with_ema_gives_the_ema_weights_figures(data_dir, tmp_path):
+    from slmkit.report import write_report
+    from slmkit.utils import format_number
+
+    run = tmp_path / "run"
+    train(data_dir, run, overrides=tiny_overrides(data_dir, max_steps=8, eval_interval=4, ema_decay=0.9),
+          quiet=True, report=False)
+    evals = train_events(run, "eval")
+    text = write_report(run).read_text()
+    best = min(evals, key=lambda e: e["ema_val_loss"])
+    assert (f"| final validation, EMA weights | {format_number(evals[-1]['ema_val_loss'])} | "
+            f"{format_number(evals[-1]['ema_val_ppl'], 2)} |") in text
+    assert f"| best validation, EMA weights | {format_number(best['ema_val_loss'])} |" in text
+    assert (run / "plots" / "eval.png").stat().st_size > 0
+    plain = tmp_path / "plain"  # without train.ema_decay: no EMA rows
+    train(data_dir, plain, overrides=tiny_overrides(data_dir, max_steps=4, eval_interval=4), quiet=True, report=False)
+    assert "EMA weights" not in write_report(plain).read_text()

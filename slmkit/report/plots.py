@@ -58,13 +58,21 @@ def plot_eval(evals: list[dict], path: Path) -> Path | None:
     steps = [e["step"] for e in evals]
     left.plot(steps, [e["val_loss"] for e in evals], marker="o", label="validation")
     left.plot(steps, [e["train_loss"] for e in evals], marker="o", label="training (same-size sample)")
+    ema = [e for e in evals if e.get("ema_val_loss") is not None]  # train.ema_decay: the weights' average
+    if ema:
+        left.plot([e["step"] for e in ema], [e["ema_val_loss"] for e in ema], marker="o", label="validation, EMA weights")
     left.set_xlabel("step")
     left.set_ylabel("loss (nats)")
     left.set_title("Evaluation loss")
     left.legend()
     left.grid(alpha=0.3)
     perplexities = [e["val_ppl"] for e in evals]
-    right.plot(steps, perplexities, marker="o", color="tab:green")
+    right.plot(steps, perplexities, marker="o", color="tab:green", label="raw weights")
+    if ema:
+        right.plot([e["step"] for e in ema], [e["ema_val_ppl"] for e in ema], marker="o", color="tab:red",
+                   label="EMA weights")
+        right.legend()
+        perplexities = perplexities + [e["ema_val_ppl"] for e in ema]
     right.set_xlabel("step")
     right.set_ylabel("validation perplexity")
     if max(perplexities) > 10 * min(perplexities):  # log scale only when the range needs it

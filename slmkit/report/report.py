@@ -86,7 +86,17 @@ def build_report(run_dir: str | Path) -> str:
                   f"| best validation | {format_number(best['val_loss'])} | {format_number(best['val_ppl'], 2)} | "
                   f"{format_number(best.get('val_bpb'))} | {best['step']:,} |",
                   f"| final training sample | {format_number(final['train_loss'])} | {format_number(final['train_ppl'], 2)} | "
-                  f"{format_number(final.get('train_bpb'))} | {final['step']:,} |", ""]
+                  f"{format_number(final.get('train_bpb'))} | {final['step']:,} |"]
+        ema = [e for e in evals if e.get("ema_val_loss") is not None]  # train.ema_decay: checkpoints/ema/
+        if ema:
+            best_ema = min(ema, key=lambda e: e["ema_val_loss"])
+            lines += [f"| final validation, EMA weights | {format_number(ema[-1]['ema_val_loss'])} | "
+                      f"{format_number(ema[-1]['ema_val_ppl'], 2)} | {format_number(ema[-1].get('ema_val_bpb'))} | "
+                      f"{ema[-1]['step']:,} |",
+                      f"| best validation, EMA weights | {format_number(best_ema['ema_val_loss'])} | "
+                      f"{format_number(best_ema['ema_val_ppl'], 2)} | {format_number(best_ema.get('ema_val_bpb'))} | "
+                      f"{best_ema['step']:,} |"]
+        lines.append("")
         lines += ["Bits per byte divide the loss by ln 2 and by the split's bytes per token, so models with "
                   "different tokenizers compare fairly. The training sample is a fixed sample of the training "
                   "split of the same size as the validation sample.", ""]
