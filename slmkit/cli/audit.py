@@ -9,14 +9,13 @@ from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    audit = add_command(
-        subparsers, "audit", _audit_arguments,
+    add_command(
+        subparsers, "audit", _audit_arguments, _audit,
         help="can a run's validation figures (or a dataset's split) be trusted? one verdict line",
         description="Audit a run directory or a dataset directory: train/validation n-gram overlap, validation "
                     "documents copied from training, near-duplicates across the split, and for a run the "
                     "train/validation gap over its evaluations, losses near zero and the honest-number warnings "
                     "it logged. Ends in one verdict line with the reasons.")
-    audit.set_defaults(run=_audit)
 
 
 def _audit_arguments(audit) -> None:

@@ -10,13 +10,12 @@ from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    average = add_command(
-        subparsers, "average", _average_arguments,
+    add_command(
+        subparsers, "average", _average_arguments, _average,
         help="average the weights of several checkpoints of one run into a new checkpoint",
         description="Average the weights of several checkpoints of one run, uniformly (in float64, cast back to "
                     "the stored dtype), into a normal checkpoint with the tokenizer: by default "
                     "RUN/checkpoints/average-FIRST-LAST. The checkpoints must be one network from one run.")
-    average.set_defaults(run=_average)
 
 
 def _average_arguments(average) -> None:

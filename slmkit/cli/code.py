@@ -11,14 +11,13 @@ from slmkit.errors import SlmError
 
 
 def register(subparsers) -> None:
-    code = add_command(
-        subparsers, "code-eval", _code_eval_arguments,
+    add_command(
+        subparsers, "code-eval", _code_eval_arguments, _code_eval,
         help="the code-generation suite: completions run in a sandbox against hidden tests, pass@k",
         description="Each of the suite's Python tasks (a signature and docstring) is continued by MODEL; every "
                     "completion runs in a sandbox (a fresh interpreter, CPU/memory/file limits, a throwaway "
                     "directory, no network) against the task's hidden tests. Prints pass@k (the unbiased "
                     "estimator). --self-test proves the harness: canonical solutions score 1, broken ones 0.")
-    code.set_defaults(run=_code_eval)
     register_lm_eval(subparsers)
 
 
@@ -72,13 +71,12 @@ def _code_eval(args) -> int:
 
 
 def register_lm_eval(subparsers) -> None:
-    task = add_command(
-        subparsers, "lm-eval-task", _lm_eval_task_arguments,
+    add_command(
+        subparsers, "lm-eval-task", _lm_eval_task_arguments, _lm_eval_task,
         help="write the offline lm-evaluation-harness task and print the lm_eval command",
         description="Write slmkit's small lm-evaluation-harness task (slmkit_cloze) into DIR and print the "
                     "lm_eval command that runs it on a model exported with `slm export-hf` (lm-eval is the "
                     "optional `lm-eval` extra).")
-    task.set_defaults(run=_lm_eval_task)
 
 
 def _lm_eval_task_arguments(task) -> None:

@@ -22,10 +22,13 @@ def build_only(subparsers, command: str) -> None:
 
 
 def add_command(subparsers, name: str, arguments: Callable[[argparse.ArgumentParser], None],
-                **kwargs) -> argparse.ArgumentParser:
-    """Add the sub-command `name` (kwargs as for `add_parser`: help, description) and call
-    `arguments(parser)` to add its arguments, unless `build_only` chose another command."""
+                run: Callable | None = None, **kwargs) -> argparse.ArgumentParser:
+    """Add the sub-command `name` (kwargs as for `add_parser`: help, description), run by `run(args)`
+    when given, and call `arguments(parser)` to add its arguments, unless `build_only` chose another
+    command."""
     parser = subparsers.add_parser(name, **kwargs)
+    if run is not None:
+        parser.set_defaults(run=run)
     if getattr(subparsers, ONLY, name) == name:
         arguments(parser)
     return parser

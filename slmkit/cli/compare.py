@@ -9,15 +9,14 @@ from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    compare = add_command(
-        subparsers, "compare", _compare_arguments,
+    add_command(
+        subparsers, "compare", _compare_arguments, _compare,
         help="models side by side on the same prompts and seed, in markdown and HTML, with figures",
         description="Continue every prompt (the built-in suite of stories, encyclopedic prose, dialogue, verse "
                     "and code, or --prompts FILE) with every MODEL (slmkit checkpoints or runs, local Hugging "
                     "Face model directories) with the same decoding settings and seed. Writes compare.md and a "
                     "self-contained compare.html to --out, with per-model figures: bits per byte on a shared "
                     "text, distinct-1 and distinct-2, repetition rate, mean output length.")
-    compare.set_defaults(run=_compare)
 
 
 def _compare_arguments(compare) -> None:

@@ -94,14 +94,13 @@ def cmd_tokenizer_export(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = add_command(
-        subparsers, "prepare", _prepare_arguments,
+    add_command(
+        subparsers, "prepare", _prepare_arguments, cmd_prepare,
         help="sources -> dataset dir (train.bin, val.bin, meta.json, tokenizer)",
         description="Read, clean, deduplicate, split and tokenize text into a dataset directory. SOURCE: a file, "
         "folder or glob; hf:NAME[:CONFIG[:SPLIT]]; a built-in (tinystories, wikitext-103, slimpajama-6b, "
         "python-stdlib, shakespeare, shakespeare-folio); append @WEIGHT to repeat a source's training documents.",
     )
-    p.set_defaults(run=cmd_prepare)
     add_command(subparsers, "data", _data_arguments, help="inspect datasets")
     add_command(subparsers, "tokenizer", _tokenizer_arguments, help="train, inspect and export tokenizers")
 

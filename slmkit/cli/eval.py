@@ -12,24 +12,22 @@ from slmkit.errors import SlmError
 
 
 def register(subparsers) -> None:
-    evaluate = add_command(
-        subparsers, "eval", _eval_arguments,
+    add_command(
+        subparsers, "eval", _eval_arguments, _eval,
         help="loss, perplexity and bits per byte of models on a dataset or text files",
         description="Score each MODEL (an slmkit checkpoint or run, or a local Hugging Face model directory) on "
                     "a dataset's split (--data) or on text files (given after the models; each file is one "
                     "document), on the same windows. Each model reads text with its own tokenizer, so bits per "
                     "byte compares models with different tokenizers; loss and perplexity do not. Without data, "
                     "a run is scored on its own dataset. --checkpoints scores every checkpoint of one run.")
-    evaluate.set_defaults(run=_eval)
 
-    status = add_command(
-        subparsers, "status", _status_arguments,
+    add_command(
+        subparsers, "status", _status_arguments, _status,
         help="every run under a directory: state, step, tokens, best validation loss, last checkpoint",
         description="One line per run under DIR: running (a live process holds its lock), finished, stopped "
                     "(interrupted; --resume continues it) or failed (with the reason), the step and tokens "
                     "reached, the best validation loss and bits per byte, the newest checkpoint and the time of "
                     "the last update.")
-    status.set_defaults(run=_status)
 
 
 def _eval_arguments(evaluate) -> None:

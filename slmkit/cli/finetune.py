@@ -8,8 +8,8 @@ from slmkit.cli.options import add_options, options_from_args
 
 
 def register(subparsers) -> None:
-    finetune = add_command(
-        subparsers, "finetune", _finetune_arguments,
+    add_command(
+        subparsers, "finetune", _finetune_arguments, _finetune,
         help="supervised fine-tuning on chat rows (full weights or LoRA), loss on responses only",
         description="Fine-tune a checkpoint (or a run's best) on JSONL rows of prompt/response pairs or chat "
                     "messages, rendered with the ChatML template (<|im_start|>role ... <|im_end|>; the tokens are "
@@ -17,14 +17,12 @@ def register(subparsers) -> None:
                     "packed with attention kept inside each. Without --data, the shipped instruction set. "
                     "The run directory is an ordinary run: report, metrics, checkpoints; answers.md holds "
                     "answers to held-out prompts.")
-    finetune.set_defaults(run=_finetune)
 
-    merge = add_command(
-        subparsers, "merge-lora", _merge_arguments,
+    add_command(
+        subparsers, "merge-lora", _merge_arguments, _merge,
         help="merge a LoRA adapter into its base model: a plain checkpoint",
         description="Write a full slmkit checkpoint whose weights are the base's plus the adapter's update. The "
                     "adapter names its base (path and weights hash); --base points at a moved copy of it.")
-    merge.set_defaults(run=_merge)
 
 
 def _finetune_arguments(finetune) -> None:

@@ -55,17 +55,15 @@ def add_generation_arguments(parser) -> None:
 
 
 def register(subparsers) -> None:
-    generate = add_command(subparsers, "generate", _generate_arguments,
-                           help="continue a prompt with a trained model")
-    generate.set_defaults(run=_generate)
+    add_command(subparsers, "generate", _generate_arguments, _generate,
+                help="continue a prompt with a trained model")
 
-    chat = add_command(
-        subparsers, "chat", _chat_arguments,
+    add_command(
+        subparsers, "chat", _chat_arguments, _chat,
         help="chat turn by turn with a fine-tuned model (its chat template), or continue text",
         description="With a model whose tokenizer has the chat tokens (one made by `slm finetune`), each line "
                     "is a user turn and the model answers in the chat template until <|im_end|>. Otherwise (or "
                     "with --raw) the model continues the transcript.")
-    chat.set_defaults(run=_chat)
 
 
 def _generate_arguments(generate) -> None:

@@ -8,31 +8,28 @@ from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    imp = add_command(
-        subparsers, "import-hf", _import_hf_arguments,
+    add_command(
+        subparsers, "import-hf", _import_hf_arguments, _import_hf,
         help="convert a local Hugging Face model directory into an slmkit checkpoint",
         description="Convert a Hugging Face GPT-2, Llama/SmolLM2, Gemma 3 or GPT-NeoX model directory (config.json "
                     "plus safetensors, or pytorch_model.bin read without running code) into an slmkit checkpoint.",
     )
-    imp.set_defaults(run=_import_hf)
 
-    exp = add_command(
-        subparsers, "export-hf", _export_hf_arguments,
+    add_command(
+        subparsers, "export-hf", _export_hf_arguments, _export_hf,
         help="write an slmkit checkpoint as a Hugging Face model directory",
         description="Write an slmkit checkpoint (or a run's best/last checkpoint) as config.json plus "
                     "model.safetensors that transformers.AutoModelForCausalLM.from_pretrained loads, with the "
                     "tokenizer, generation_config.json and a model card (README.md) written from the run.",
     )
-    exp.set_defaults(run=_export_hf)
 
-    push = add_command(
-        subparsers, "push", _push_arguments,
+    add_command(
+        subparsers, "push", _push_arguments, _push,
         help="upload a model to the Hugging Face Hub",
         description="Upload an HF export (slm export-hf), or a checkpoint or run exported on the way, to a Hugging "
                     "Face Hub model repository (created when missing) with huggingface_hub. Needs the network and a "
                     "token with write access (hf auth login, HF_TOKEN or --token).",
     )
-    push.set_defaults(run=_push)
 
 
 def _import_hf_arguments(imp) -> None:

@@ -18,9 +18,8 @@ def register(subparsers) -> None:
     presets = subparsers.add_parser("presets", help="list the model presets")
     presets.set_defaults(run=_presets)
 
-    info = add_command(subparsers, "info", add_config_arguments,
-                       help="parameters, memory, FLOPs and KV cache of a model config")
-    info.set_defaults(run=_info)
+    add_command(subparsers, "info", add_config_arguments, _info,
+                help="parameters, memory, FLOPs and KV cache of a model config")
 
 
 def _presets(args) -> int:

@@ -8,15 +8,14 @@ from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    exp = add_command(
-        subparsers, "export-onnx", _export_onnx_arguments,
+    add_command(
+        subparsers, "export-onnx", _export_onnx_arguments, _export_onnx,
         help="write an slmkit checkpoint as an ONNX model (onnxruntime, onnxruntime-genai)",
         description="Write an slmkit checkpoint (or a run's best/last checkpoint) as OUT/model.onnx in float32, "
                     "with KV-cache inputs and outputs (past_key_values.N.key/value -> present.N.key/value) unless "
                     "--no-cache, beside config.json, genai_config.json and the tokenizer files. Needs the onnx "
                     "extra: pip install 'slmkit[onnx]'.",
     )
-    exp.set_defaults(run=_export_onnx)
 
 
 def _export_onnx_arguments(exp) -> None:

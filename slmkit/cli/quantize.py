@@ -10,14 +10,13 @@ from slmkit.cli.command import add_command
 
 
 def register(subparsers) -> None:
-    quantize = add_command(
-        subparsers, "quantize", _quantize_arguments,
+    add_command(
+        subparsers, "quantize", _quantize_arguments, _quantize,
         help="write an int8 or int4 copy of a checkpoint that decodes faster on the CPU",
         description="Quantize the Linear layers inside the blocks (attention qkv and out, MLP up, gate and down) "
                     "of a float checkpoint; embeddings, norms and (unless --head) the output head stay float. "
                     "OUT is a checkpoint that slm generate, chat and eval take like any other. See "
                     "docs/quantization.md.")
-    quantize.set_defaults(run=_quantize)
 
 
 def _quantize_arguments(quantize) -> None:

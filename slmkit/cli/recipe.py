@@ -10,8 +10,8 @@ from slmkit.cli.options import add_options, options_from_args
 
 
 def register(subparsers) -> None:
-    run = add_command(
-        subparsers, "run", _run_arguments,
+    add_command(
+        subparsers, "run", _run_arguments, _run,
         help="run a recipe end to end: prepare, train, evaluate, report, and its compare/code/export steps",
         description="Run a recipe file (recipes/*.toml: data sources with weights, tokenizer, model preset, "
                     "training for one GPU, a CPU smoke mode) end to end: prepare the data, train (samples and "
@@ -19,7 +19,6 @@ def register(subparsers) -> None:
                     "reference models, the code suite, a Hugging Face export). Everything goes under --out. "
                     "--smoke --sample DIR runs the CPU smoke mode on local files standing in for the remote "
                     "sources.")
-    run.set_defaults(run=_run)
 
 
 def _run_arguments(run) -> None:

@@ -11,14 +11,13 @@ from slmkit.cli.options import add_options, options_from_args
 
 
 def register(subparsers) -> None:
-    serve = add_command(
-        subparsers, "serve", _serve_arguments,
+    add_command(
+        subparsers, "serve", _serve_arguments, _serve,
         help="a web demo and a JSON HTTP API for one model, or two side by side",
         description="Serve MODEL (and MODEL2, side by side with the same prompt and seed) on one port: a Gradio web "
                     "demo at / and a JSON API at /api/complete (streaming with \"stream\": true). Prompts, new "
                     "tokens, waiting requests and concurrent generations are bounded by the flags below; "
                     "a request beyond the queue gets HTTP 429. Listens on 127.0.0.1 unless --host says otherwise.")
-    serve.set_defaults(run=_serve)
 
 
 def _serve_arguments(serve) -> None:

@@ -10,25 +10,22 @@ from slmkit.cli.options import add_options, options_from_args
 
 
 def register(subparsers) -> None:
-    train = add_command(
-        subparsers, "train", lambda parser: add_options(parser, api.TrainOptions),
+    add_command(
+        subparsers, "train", lambda parser: add_options(parser, api.TrainOptions), _train,
         help="train a model on a prepared dataset into a run directory",
         description="Train a model on a dataset made by `slm prepare`. Any config field can be set with "
                     "--set (model fields bare, training fields as train.FIELD). Under "
                     "`torchrun --nproc_per_node=N` the same command trains with DDP.")
-    train.set_defaults(run=_train)
 
-    report = add_command(subparsers, "report", lambda parser: parser.add_argument("run_dir", metavar="RUN"),
-                         help="write report.md and plots for a run directory")
-    report.set_defaults(run=_report)
+    add_command(subparsers, "report", lambda parser: parser.add_argument("run_dir", metavar="RUN"), _report,
+                help="write report.md and plots for a run directory")
 
-    quick = add_command(
-        subparsers, "quickstart", lambda parser: add_options(parser, api.QuickstartOptions),
+    add_command(
+        subparsers, "quickstart", lambda parser: add_options(parser, api.QuickstartOptions), _quickstart,
         help="prepare Shakespeare, train the nano model for a few minutes, sample, report",
         description="The whole flow on a CPU in a few minutes: prepare the built-in Shakespeare corpus "
                     "(the Python standard library if it cannot be fetched) with a 4,096-token BPE tokenizer, "
                     "train the nano preset, print samples and write the report.")
-    quick.set_defaults(run=_quickstart)
 
 
 def _train(args) -> int:
