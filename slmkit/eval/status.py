@@ -53,7 +53,7 @@ class RunStatus:
     best_val_bpb: float | None
     last_checkpoint: str | None  # e.g. "last (step 400)"
     updated: float
-    checkpoints: list[str] = field(default_factory=list)  # "NAME (step N)", every one: step-N, best, last, ema, average-*
+    checkpoints: dict[str, int | None] = field(default_factory=dict)  # name -> step, every one: step-N, best, last, ema, average-*
 
     def to_dict(self) -> dict:
         return {**asdict(self), "updated": _when(self.updated)}
@@ -116,8 +116,8 @@ def status_of(run_dir: str | os.PathLike) -> RunStatus:
     return RunStatus(str(run_dir), state, reason, max((int(e.get("step", 0)) for e in events), default=0),
                      with_tokens[-1]["tokens"] if with_tokens else 0,
                      best["val_loss"] if best else None, best.get("val_bpb") if best else None,
-                     _last_checkpoint(run_dir), updated, [f"{name} ({_step_text(path)})"
-                                                          for name, path in run_checkpoints(run_dir)])
+                     _last_checkpoint(run_dir), updated,
+                     {name: _checkpoint_step(path) for name, path in run_checkpoints(run_dir)})
 
 
 def _lock_owner(path: Path) -> dict | None:
@@ -134,11 +134,6 @@ def _checkpoint_step(path: Path) -> int | None:
     except (OSError, ValueError, AttributeError):
         return None
     return step if isinstance(step, int) else None
-
-
-def _step_text(path: Path) -> str:
-    step = _checkpoint_step(path)
-    return "step unknown" if step is None else f"step {step:,}"
 
 
 def _last_checkpoint(run_dir: Path) -> str | None:
@@ -169,7 +164,7 @@ def format_status(statuses: list[RunStatus], directory: str | os.PathLike = "run
     for s in statuses:
         loss = "" if s.best_val_loss is None else f"{s.best_val_loss:.4f}"
         bpb = "" if s.best_val_bpb is None else f"{s.best_val_bpb:.4f}"
-        names = ", ".join(item.split(" (")[0] for item in s.checkpoints)
+        names = ", ".join(s.checkpoints)
         lines.append(f"| {s.run} | {s.state} | {s.step:,} | {s.tokens:,} | {loss} | {bpb} | {s.last_checkpoint or ''} "
                      f"| {names} | {_when(s.updated)} | {s.reason} |")
     return "\n".join(lines)
