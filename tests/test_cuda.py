@@ -6,14 +6,10 @@ resume. Marked `cuda`; every test skips without CUDA. bench/gpu_check.sh runs th
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from train_support import tiny_overrides, train_events, write_dataset
+from train_support import run_slm_under_torchrun, tiny_overrides, train_events, write_dataset
 
 from slmkit.api import train
 from slmkit.model.config import ModelConfig
@@ -25,7 +21,6 @@ from slmkit.train.optim import build_optimizer
 from slmkit.train.parallelize import compile_model
 
 DEVICE = "cuda"  # the device every test here runs on
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.sh)")]
@@ -206,12 +201,10 @@ def test_two_process_ddp_over_nccl_equals_one_process_with_accumulation(data_dir
     single = tmp_path / "single"
     train(data_dir, single, overrides=tiny_overrides(data_dir, grad_accum=2, **common), quiet=True, report=False)
     ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "slmkit", "train", "--data", str(data_dir), "--out", str(ddp), "--quiet"]
+    arguments = ["train", "--data", str(data_dir), "--out", str(ddp), "--quiet"]
     for override in tiny_overrides(data_dir, grad_accum=1, **common):
-        command += ["--set", override]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+        arguments += ["--set", override]
+    done = run_slm_under_torchrun(arguments, cpu=False)
     assert done.returncode == 0, done.stderr[-3000:]
     config = json.loads((ddp / "config.json").read_text())
     assert config["world_size"] == 2

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from train_support import one_thread, tiny_overrides, train_events, write_dataset
+from train_support import one_thread, run_slm_under_torchrun, tiny_overrides, train_events, write_dataset
 
 import slmkit
 from slmkit.api import train
@@ -180,20 +180,14 @@ def test_a_lora_fine_tune_with_ema_saves_the_averaged_adapters_merged_into_the_b
 
 @pytest.mark.slow  # torchrun with two processes: about 20 s on one core
 def test_a_two_process_ddp_run_keeps_the_same_ema_as_one_process(data_dir, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     common = dict(max_steps=6, eval_interval=3, checkpoint_interval=0, batch_size=4, ema_decay=0.7)
     single = tmp_path / "single"
     train(data_dir, single, overrides=tiny_overrides(data_dir, grad_accum=2, **common), quiet=True, report=False)
     ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "slmkit", "train", "--data", str(data_dir), "--out", str(ddp), "--quiet"]
+    arguments = ["train", "--data", str(data_dir), "--out", str(ddp), "--quiet"]
     for override in tiny_overrides(data_dir, grad_accum=1, **common):
-        command += ["--set", override]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+        arguments += ["--set", override]
+    done = run_slm_under_torchrun(arguments)
     assert done.returncode == 0, done.stderr[-3000:]
     _, expected, _ = load_state(single / "checkpoints" / "ema")
     _, got, meta = load_state(ddp / "checkpoints" / "ema")

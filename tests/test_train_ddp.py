@@ -2,12 +2,9 @@
 with the same global batch (gradient accumulation over the two ranks' micro-batches)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from train_support import one_thread, tiny_overrides, train_events, write_dataset
+from train_support import one_thread, run_slm_under_torchrun, tiny_overrides, train_events, write_dataset
 
 from slmkit.api import train
 
@@ -26,12 +23,10 @@ def test_two_process_run_equals_one_process_with_accumulation(data_dir, tmp_path
     train(data_dir, single, overrides=tiny_overrides(data_dir, grad_accum=2, **common), quiet=True, report=False)
 
     ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "slmkit", "train", "--data", str(data_dir), "--out", str(ddp), "--quiet"]
+    arguments = ["train", "--data", str(data_dir), "--out", str(ddp), "--quiet"]
     for override in tiny_overrides(data_dir, grad_accum=1, parallelism=parallelism, **common):
-        command += ["--set", override]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
+        arguments += ["--set", override]
+    done = run_slm_under_torchrun(arguments)
     assert done.returncode == 0, done.stderr[-3000:]
 
     config = json.loads((ddp / "config.json").read_text())

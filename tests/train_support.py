@@ -7,6 +7,11 @@ import contextlib
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +74,66 @@ def write_cycle_dataset(directory: Path) -> Path:
 
 def dataset_vocab(directory: Path) -> int:
     return json.loads((Path(directory) / "meta.json").read_text())["vocab_size"]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_slm_under_torchrun(arguments: list[str], nproc: int = 2, timeout: float = 180,
+                           cpu: bool = True) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=nproc -m slmkit ARGUMENTS` on this machine, on the loopback only.
+
+    Every address is 127.0.0.1 (--local-addr, GLOO_SOCKET_IFNAME=lo), so no hostname lookup can
+    stall the rendezvous on a machine whose name does not resolve. A run that outlives `timeout`
+    fails the test with every worker's Python stack (faulthandler on SIGABRT), and none of its
+    processes is left behind (torchrun starts each worker in a session of its own).
+    """
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1",
+               f"--nproc_per_node={nproc}", "-m", "slmkit", *arguments]
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if cpu:
+        env["OMP_NUM_THREADS"] = "1"
+    if Path("/sys/class/net/lo").exists():
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
+        timed_out = False
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            workers = _descendants(process.pid)
+            _signal_all(workers, signal.SIGABRT)  # each worker prints its stack, then dies
+            time.sleep(5)
+            _signal_all([process.pid, *workers], signal.SIGKILL)
+            process.wait()
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if timed_out:
+        pytest.fail(f"torchrun did not finish in {timeout:.0f} s; the workers' stacks:\n{stderr[-8000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux /proc; none found elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _signal_all(pids: list[int], number: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, number)
 
 
 def tiny_overrides(data_dir: Path, **train) -> list[str]:
