@@ -41,12 +41,13 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs (tests/tes
     )
     from slmkit.eval.status import RunStatus, format_status, run_status
     from slmkit.finetune.average import average_checkpoints
-    from slmkit.finetune.lora import merge_adapter
+    from slmkit.finetune.lora import is_adapter_dir, merge_adapter
     from slmkit.finetune.sft import FinetuneOptions
     from slmkit.generate import GenerationConfig, generate, model_tokenizer, resolve_config, stream
     from slmkit.generate.chat import ChatSession, has_chat_template
     from slmkit.generate.config import OVERFLOW_POLICIES
     from slmkit.interop.hf import DEFAULT_GENERATION_PRESET, DEFAULT_LICENSE, export_hf, import_hf
+    from slmkit.interop.hf_adapter import export_adapter_hf
     from slmkit.interop.hub import push
     from slmkit.interop.onnx import export_onnx
     from slmkit.model.checkpoint import load_model  # noqa: F401
@@ -63,7 +64,7 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs (tests/tes
 __all__ = [
     "quantize_checkpoint",
     "ServedModel", "ServeOptions", "serve", "start_server",
-    "average_checkpoints", "FinetuneOptions", "finetune", "merge_adapter", "ChatSession", "has_chat_template",
+    "average_checkpoints", "FinetuneOptions", "finetune", "merge_adapter", "is_adapter_dir", "ChatSession", "has_chat_template",
     "AuditReport", "CompareReport", "audit", "compare_models", "write_lm_eval_task",
     "EvalOptions", "EvalReport", "EvalResult", "RunStatus", "evaluate_checkpoints", "evaluate_models", "format_status",
     "run_status", "run_code_suite", "run_code_suite_on_checkpoints", "code_self_test",
@@ -71,7 +72,7 @@ __all__ = [
     "TrainResult", "describe_model",
     "export_onnx",
     "DEFAULT_GENERATION_PRESET", "DEFAULT_LICENSE", "push",
-    "export_hf", "generate", "import_hf", "load", "load_tokenizer", "model_tokenizer", "open_dataset", "prepare",
+    "export_adapter_hf", "export_hf", "generate", "import_hf", "load", "load_tokenizer", "model_tokenizer", "open_dataset", "prepare",
     "presets", "quickstart", "report", "resolve_config", "stream", "train", "train_tokenizer_on_sources",
     "RecipeOptions", "RecipeResult", "load_recipe", "recipe_names", "run_recipe",
 ]
@@ -88,12 +89,13 @@ LAZY_MODULES: dict[str, tuple[str, ...]] = {
     "slmkit.eval.perplexity": ("EvalOptions", "EvalReport", "EvalResult", "evaluate_checkpoints", "evaluate_models"),
     "slmkit.eval.status": ("RunStatus", "format_status", "run_status"),
     "slmkit.finetune.average": ("average_checkpoints",),
-    "slmkit.finetune.lora": ("merge_adapter",),
+    "slmkit.finetune.lora": ("is_adapter_dir", "merge_adapter"),
     "slmkit.finetune.sft": ("FinetuneOptions",),
     "slmkit.generate": ("GenerationConfig", "generate", "model_tokenizer", "resolve_config", "stream"),
     "slmkit.generate.chat": ("ChatSession", "has_chat_template"),
     "slmkit.generate.config": ("OVERFLOW_POLICIES",),
     "slmkit.interop.hf": ("DEFAULT_GENERATION_PRESET", "DEFAULT_LICENSE", "export_hf", "import_hf"),
+    "slmkit.interop.hf_adapter": ("export_adapter_hf",),
     "slmkit.interop.hub": ("push",),
     "slmkit.interop.onnx": ("export_onnx",),
     "slmkit.model.checkpoint": ("load_model",),

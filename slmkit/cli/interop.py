@@ -3,8 +3,11 @@ back, and exports uploaded to the Hub (thin calls of `slmkit.api`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from slmkit import api
 from slmkit.cli.command import add_command
+from slmkit.errors import SlmError
 
 
 def register(subparsers) -> None:
@@ -17,10 +20,12 @@ def register(subparsers) -> None:
 
     add_command(
         subparsers, "export-hf", _export_hf_arguments, _export_hf,
-        help="write an slmkit checkpoint as a Hugging Face model directory",
+        help="write an slmkit checkpoint (or LoRA adapter) in Hugging Face format",
         description="Write an slmkit checkpoint (or a run's best/last checkpoint) as config.json plus "
                     "model.safetensors that transformers.AutoModelForCausalLM.from_pretrained loads, with the "
-                    "tokenizer, generation_config.json and a model card (README.md) written from the run.",
+                    "tokenizer, generation_config.json and a model card (README.md) written from the run. Given a "
+                    "LoRA adapter (RUN/adapter of slm finetune --lora), write it as a PEFT adapter for the export "
+                    "of its base: peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE_HF), OUT).",
     )
 
     add_command(
@@ -41,8 +46,8 @@ def _import_hf_arguments(imp) -> None:
 
 
 def _export_hf_arguments(exp) -> None:
-    exp.add_argument("ckpt", metavar="CKPT", help="an slmkit checkpoint or run directory")
-    exp.add_argument("out", metavar="OUT", help="the Hugging Face model directory to write")
+    exp.add_argument("ckpt", metavar="CKPT", help="an slmkit checkpoint or run directory, or a LoRA adapter directory")
+    exp.add_argument("out", metavar="OUT", help="the Hugging Face model (or PEFT adapter) directory to write")
     exp.add_argument("--force", action="store_true",
                      help="replace OUT when it is empty or an earlier export-hf output (never the input run or "
                           "checkpoint, a folder around them, a dataset or another checkpoint)")
@@ -51,6 +56,9 @@ def _export_hf_arguments(exp) -> None:
     exp.add_argument("--model-id", default=None,
                      help="what the card's usage example loads, e.g. the Hub repository you will push to "
                           "(default: OUT)")
+    exp.add_argument("--base-model", default=None, metavar="HF_DIR_OR_ID",
+                     help="for a LoRA adapter: the Hugging Face export of its base (slm export-hf BASE HF_DIR; checked "
+                          "to be that model) or its Hub id, recorded in adapter_config.json")
 
 
 def _push_arguments(push) -> None:
@@ -81,6 +89,19 @@ def _import_hf(args) -> int:
 
 
 def _export_hf(args) -> int:
+    if api.is_adapter_dir(args.ckpt):
+        out = api.export_adapter_hf(args.ckpt, args.out, base_model=args.base_model, overwrite=args.force)
+        base = args.base_model or "BASE_HF_DIR"
+        print(f"wrote PEFT adapter {out}; load it with peft.PeftModel.from_pretrained("
+              f"AutoModelForCausalLM.from_pretrained({base!r}), {str(out)!r})")
+        if args.base_model is not None and not Path(args.base_model).is_dir():
+            print(f"note: {args.base_model} is no local directory, so it is recorded as a Hugging Face Hub id, unchecked")
+        if args.base_model is None:
+            print("export its base with `slm export-hf BASE BASE_HF_DIR` (BASE: the checkpoint the adapter names) "
+                  "and pass --base-model BASE_HF_DIR to record it in adapter_config.json")
+        return 0
+    if args.base_model is not None:
+        raise SlmError(f"--base-model names the base of a LoRA adapter; {args.ckpt} is not an adapter directory")
     out = api.export_hf(args.ckpt, args.out, overwrite=args.force, card=args.card, license=args.license,
                         generation_preset=args.preset, audit=args.audit, model_id=args.model_id)
     print(f"wrote Hugging Face model {out}")

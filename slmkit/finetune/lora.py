@@ -127,7 +127,7 @@ class LoraOptions:
 
 
 # -- adding adapters ------------------------------------------------------------------------------
-def _peft():
+def require_peft():
     """The peft module, or SlmError saying how to install it."""
     try:
         import peft
@@ -187,7 +187,7 @@ def add_lora(model: Transformer, options: LoraOptions) -> Transformer:
     targets = resolve_targets(model, options)
     if lora_layers(model):
         raise SlmError("this model has LoRA adapters already; merge them (merge_lora) before adding new ones")
-    peft = _peft()
+    peft = require_peft()
     config = peft.LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
                              target_modules=targets, bias="none")
     peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
@@ -471,6 +471,21 @@ def _with_added_rows(base, adapter_dir: Path, added: dict, device, dtype) -> Tra
     return grown.eval()
 
 
+def read_adapter_tensors(adapter_dir: Path, meta: dict) -> dict[str, torch.Tensor]:
+    """The adapter's A and B tensors (adapter_state's names), after checking the file against the hash
+    recorded in `meta` (its slmkit_adapter.json). Raises SlmError for a missing, modified or unreadable file."""
+    weights = adapter_dir / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise SlmError(f"adapter {adapter_dir} has no {ADAPTER_WEIGHTS}; it is incomplete")
+    if meta.get("adapter_sha256") and sha256_file(weights) != meta["adapter_sha256"]:
+        raise SlmError(f"{weights} does not match the hash in {ADAPTER_META}: the file is truncated or was "
+                       f"modified; restore it or train the adapter again")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise SlmError(f"cannot read {weights}: {error}; the adapter is damaged") from None
+
+
 def load_adapter(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None,
                  device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Transformer:
     """The base model with the adapter of `adapter_dir` added and loaded, in eval mode.
@@ -481,23 +496,14 @@ def load_adapter(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike | N
     adapter_dir = Path(adapter_dir)
     meta = read_adapter_meta(adapter_dir)
     options = LoraOptions.from_dict(meta.get("lora", {}), where=f"{adapter_dir / ADAPTER_META} (lora)")
-    _peft()  # before the base model is loaded: a missing package is the first thing to say
+    require_peft()  # before the base model is loaded: a missing package is the first thing to say
     base_dir = check_base(adapter_dir, meta, base_dir)
-    weights = adapter_dir / ADAPTER_WEIGHTS
-    if not weights.is_file():
-        raise SlmError(f"adapter {adapter_dir} has no {ADAPTER_WEIGHTS}; it is incomplete")
-    if meta.get("adapter_sha256") and sha256_file(weights) != meta["adapter_sha256"]:
-        raise SlmError(f"{weights} does not match the hash in {ADAPTER_META}: the file is truncated or was "
-                       f"modified; restore it or train the adapter again")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise SlmError(f"cannot read {weights}: {error}; the adapter is damaged") from None
+    state = read_adapter_tensors(adapter_dir, meta)
     model = load_model(base_dir, device=device, dtype=dtype)
     if meta.get("added_tokens"):
         model = _with_added_rows(model, adapter_dir, meta["added_tokens"], device, dtype)
     add_lora(model, options)
-    load_adapter_state(model, state, str(weights))
+    load_adapter_state(model, state, str(adapter_dir / ADAPTER_WEIGHTS))
     model.adapter_dir = adapter_dir
     model.adapter_meta = meta
     return model.eval()

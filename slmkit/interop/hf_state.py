@@ -269,6 +269,35 @@ def state_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> dict[str
     return hf_state
 
 
+# -- LoRA adapters -------------------------------------------------------------------------------
+def lora_to_hf(adapters: dict[str, tuple[torch.Tensor, torch.Tensor]],
+               config: ModelConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LoRA (A, B) pairs of slmkit linear layers ("blocks.0.attn.qkv") as pairs of the HF modules the
+    layer's weight becomes ("model.layers.0.self_attn.q_proj", ...), exactly: A (rank, in) is shared
+    by the modules a fused layer splits into, and B (out, rank) is split along its rows as the weight
+    is (GPT-NeoX rows regrouped per head), so each HF module's B @ A is its rows of the slmkit B @ A.
+    PEFT keeps A and B in nn.Linear layout for GPT-2's Conv1D too, so nothing is transposed.
+
+    Raises SlmError when `config` fits no HF architecture or a layer is not one of its linear weights."""
+    family = hf_family(config)
+    pieces = {piece.slm_name: piece for piece in tensor_map(config, family) if piece.slm_name}
+    hf_adapters = {}
+    for layer, (a, b) in adapters.items():
+        piece = pieces.get(f"{layer}.weight")
+        if piece is None or len(piece.hf_shapes[0]) != 2:
+            raise SlmError(f"LoRA layer {layer} is not a linear layer of a {family} model")
+        rows = [shape[-1] if piece.conv1d else shape[0] for shape in piece.hf_shapes]
+        if b.shape[0] != sum(rows) or b.shape[1] != a.shape[0]:
+            raise SlmError(f"LoRA layer {layer}: B of shape {tuple(b.shape)} and A of shape {tuple(a.shape)} do "
+                           f"not fit its weight; the adapter does not belong to this model config")
+        if piece.per_head_qkv:
+            b = _to_per_head_qkv(b, piece.per_head_qkv)
+        for name, part in zip(piece.hf_names, b.split(rows, dim=0)):
+            module = "lm_head" if name == HEAD_NAMES[family] else name.removesuffix(".weight")
+            hf_adapters[module] = (a.contiguous().clone(), part.contiguous().clone())
+    return hf_adapters
+
+
 # -- biases the HF architecture always has ------------------------------------------------------
 # The bias switches whose tensors GPT-2 and GPT-NeoX store whatever the slmkit config says (GPT-NeoX's
 # attention biases follow its own attention_bias switch, so they are not guessed from the weights).
