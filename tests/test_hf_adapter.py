@@ -14,6 +14,7 @@ peft = pytest.importorskip("peft")
 from slmkit.cli import main  # noqa: E402
 from slmkit.errors import SlmError  # noqa: E402
 from slmkit.finetune import LoraOptions, add_lora, load_adapter, save_adapter  # noqa: E402
+from slmkit.finetune.chat import extend_embeddings  # noqa: E402
 from slmkit.interop.hf import export_hf  # noqa: E402
 from slmkit.interop.hf_adapter import export_adapter_hf  # noqa: E402
 from slmkit.interop.hf_config import config_from_hf  # noqa: E402
@@ -50,12 +51,22 @@ def ids(seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(seed))
 
 
-def make_adapter(tmp_path, family: str, targets=None, rank: int = 4):
-    """A saved base checkpoint and a saved adapter on it whose A and B are all non-zero."""
+def make_adapter(tmp_path, family: str, targets=None, rank: int = 4, added: int = 0):
+    """A saved base checkpoint and a saved adapter on it whose A and B are all non-zero; with `added`,
+    the adapted model has that many more ids, with random embedding (and untied head) rows."""
     torch.manual_seed(0)
     base = save_model(Transformer(CONFIGS[family]).eval(), tmp_path / "base")
     options = LoraOptions(rank=rank, alpha=2.0 * rank, targets=targets or TARGETS[family])
-    model = add_lora(load_model(base), options)
+    model = load_model(base)
+    if added:
+        config, state = extend_embeddings(model.state_dict(), model.config, model.config.vocab_size + added)
+        model = Transformer(config)
+        model.load_state_dict(state, strict=False)
+        with torch.no_grad():
+            model.embed.weight[-added:] = torch.randn(added, config.d_model)
+            if not config.tie_embeddings:
+                model.lm_head.weight[-added:] = torch.randn(added, config.d_model)
+    model = add_lora(model.eval(), options)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -65,23 +76,31 @@ def make_adapter(tmp_path, family: str, targets=None, rank: int = 4):
 
 
 @pytest.mark.parametrize("family", list(CONFIGS))
-def test_transformers_with_the_exported_adapter_gives_slmkits_adapted_logits(tmp_path, family):
+@pytest.mark.parametrize("added", [0, 2], ids=["same vocabulary", "2 added tokens"])
+def test_transformers_with_the_exported_adapter_gives_slmkits_adapted_logits(tmp_path, family, added):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base, adapter = make_adapter(tmp_path, family)
+    targets = tuple(t for t in TARGETS[family] if t != "lm_head") if added else None  # see the next test
+    base, adapter = make_adapter(tmp_path, family, targets=targets, added=added)
     hf_base = export_hf(base, tmp_path / "hf-base", card=False)
     out = export_adapter_hf(adapter, tmp_path / "hf-adapter", base_model=hf_base)
-    expected = load_adapter(adapter)(ids())
-    plain = load_model(base)(ids())
+    x = torch.cat([ids(), torch.tensor([[VOCAB + i for i in range(added)]] * 2, dtype=torch.long)], dim=1)
+    expected = load_adapter(adapter)(x)
+    if not added:
+        plain = load_model(base)(x)
+        assert (plain - expected).abs().max() > 100 * TOLERANCE  # the adapter moves the logits: the check can fail
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf_base), str(out)).eval()
+    hf = AutoModelForCausalLM.from_pretrained(hf_base)
+    if added:
+        hf.resize_token_embeddings(VOCAB + added)
+    model = PeftModel.from_pretrained(hf, str(out)).eval()
     with torch.no_grad():
-        got = model(ids()).logits
+        got = model(x).logits
+    assert got.shape == expected.shape
     assert (got - expected).abs().max() < TOLERANCE
-    assert (plain - expected).abs().max() > 100 * TOLERANCE  # the adapter moves the logits: the check can fail
     with torch.no_grad():  # merged into the HF weights by PEFT, the same again
-        merged = model.merge_and_unload()(ids()).logits
+        merged = model.merge_and_unload()(x).logits
     assert (merged - expected).abs().max() < TOLERANCE
 
 
@@ -109,6 +128,13 @@ def test_the_exported_files_use_hf_module_names_and_name_the_base(tmp_path):
         assert (model(ids()).logits - load_adapter(adapter)(ids())).abs().max() < TOLERANCE
 
 
+def test_added_tokens_with_an_adapter_on_an_untied_head_are_refused_with_the_merge_route(tmp_path):
+    base, adapter = make_adapter(tmp_path, "llama", targets=("qkv", "lm_head"), rank=2, added=2)
+    with pytest.raises(SlmError, match=r"adapts the output head and adds 2 token\(s\).*slm merge-lora"):
+        export_adapter_hf(adapter, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_gpt2_attention_output_alone_does_not_reach_the_mlp_projection_of_the_same_name(tmp_path):
     base, adapter = make_adapter(tmp_path, "gpt2", targets=("out",), rank=2)
     out = export_adapter_hf(adapter, tmp_path / "hf-adapter")
@@ -131,14 +157,68 @@ def test_an_hf_directory_that_is_not_the_bases_export_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_an_adapter_that_added_tokens_is_refused_with_the_merge_route(tmp_path):
-    base, adapter = make_adapter(tmp_path, "llama", targets=("qkv",), rank=2)
-    meta_path = adapter / "slmkit_adapter.json"
-    meta = json.loads(meta_path.read_text())
-    meta["added_tokens"] = {"vocab_size": VOCAB + 3, "file": "added_tokens.safetensors"}
-    meta_path.write_text(json.dumps(meta))
-    with pytest.raises(SlmError, match=r"adds 3 token\(s\).*slm merge-lora"):
-        export_adapter_hf(adapter, tmp_path / "out")
+@pytest.fixture(scope="module")
+def chat_finetune(tmp_path_factory):
+    """`slm finetune --lora` on a tiny base without chat tokens: the adapter adds <|im_start|> and
+    <|im_end|> (two embedding rows) beside its LoRA matrices."""
+    from conftest import make_text
+    from train_support import WORDS, tiny_overrides
+
+    from slmkit import api
+
+    root = tmp_path_factory.mktemp("chat")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for index in range(12):
+        (corpus / f"doc{index}.txt").write_text(make_text(index), encoding="utf-8")
+    data = api.prepare([str(corpus)], root / "data", "bpe:384", progress=False).dir
+    overrides = [o for o in tiny_overrides(data, max_steps=4, checkpoint_interval=0, threads=1)
+                 if not o.startswith(("context_length", "train.seq_len"))]
+    api.train(data, root / "base", overrides=[*overrides, "context_length=64", "train.seq_len=64"], quiet=True)
+    rows = root / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"repeat {w}", "response": f"{w} {w}."}) + "\n" for w in WORDS))
+    fast = ["train.max_steps=6", "train.eval_interval=6", "train.eval_batches=2", "train.batch_size=4",
+            "train.lr=3e-3", "train.warmup_steps=1", "train.precision=\"fp32\"", "train.device=\"cpu\"",
+            "train.tensorboard=false", "train.wandb=false", "train.threads=1"]
+    api.finetune(root / "base", api.FinetuneOptions(data=str(rows), out=str(root / "sft"), data_dir=str(root / "sft.data"),
+                                                    overrides=fast, lora=True), quiet=True)
+    return root
+
+
+def test_a_chat_fine_tunes_adapter_carries_its_added_tokens_and_chat_template(chat_finetune, tmp_path):
+    from peft import AutoPeftModelForCausalLM, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slmkit.finetune.chat import render_chat
+    from slmkit.tokenizer import load_tokenizer
+
+    adapter = chat_finetune / "sft" / "adapter"
+    meta = json.loads((adapter / "slmkit_adapter.json").read_text())
+    base_vocab, vocab = meta["base_model"]["vocab_size"], meta["added_tokens"]["vocab_size"]
+    assert vocab == base_vocab + 2
+    hf_base = export_hf(chat_finetune / "base", tmp_path / "hf-base", card=False, audit=False)
+    out = export_adapter_hf(adapter, tmp_path / "hf-adapter", base_model=hf_base)
+    assert json.loads((out / "adapter_config.json").read_text())["trainable_token_indices"] == \
+        {"embed_tokens": [base_vocab, base_vocab + 1]}
+    assert f"base.resize_token_embeddings({vocab})" in (out / "README.md").read_text()
+
+    # the chat template: transformers' ids for a conversation are slmkit's
+    messages = [{"role": "user", "content": "repeat king"}]
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    hf_ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                return_dict=False))
+    assert hf_ids == render_chat(load_tokenizer(adapter), messages, add_generation_prompt=True)[0]
+    x = torch.tensor([hf_ids])
+    assert x.max() >= base_vocab  # the added tokens are in the input
+
+    expected = load_adapter(adapter)(x)
+    base = AutoModelForCausalLM.from_pretrained(hf_base)
+    base.resize_token_embeddings(vocab)
+    with torch.no_grad():
+        got = PeftModel.from_pretrained(base, str(out)).eval()(x).logits
+        auto = AutoPeftModelForCausalLM.from_pretrained(str(out)).eval()(x).logits  # resizes from the tokenizer
+    assert got.shape[-1] == vocab
+    assert (got - expected).abs().max() < TOLERANCE and (auto - expected).abs().max() < TOLERANCE
 
 
 def test_a_modified_adapter_and_a_checkpoint_are_refused(tmp_path):

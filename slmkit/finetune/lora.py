@@ -445,15 +445,25 @@ def _added_rows(model, base_vocab: int) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().to("cpu").contiguous() for name, tensor in rows.items()}
 
 
-def _with_added_rows(base, adapter_dir: Path, added: dict, device, dtype) -> Transformer:
-    """`base` grown by the adapter's added token rows (saved by save_adapter), as a new Transformer."""
-    from slmkit.finetune.chat import extend_embeddings  # the same growth a fine-tune starts from
-
+def read_added_rows(adapter_dir: Path, added: dict) -> dict[str, torch.Tensor]:
+    """The embedding (and untied head) rows of the tokens an adapter's fine-tune added, from the file its
+    slmkit_adapter.json names under added_tokens, checked against the recorded hash."""
     path = adapter_dir / str(added.get("file", ADDED_ROWS))
     if not path.is_file() or (added.get("sha256") and sha256_file(path) != added["sha256"]):
         raise SlmError(f"adapter {adapter_dir}: {path.name} is missing or does not match its hash; the adapter "
                        f"is damaged")
-    rows = load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise SlmError(f"cannot read {path}: {error}; the adapter is damaged") from None
+
+
+def _with_added_rows(base, adapter_dir: Path, added: dict, device, dtype) -> Transformer:
+    """`base` grown by the adapter's added token rows (saved by save_adapter), as a new Transformer."""
+    from slmkit.finetune.chat import extend_embeddings  # the same growth a fine-tune starts from
+
+    rows = read_added_rows(adapter_dir, added)
+    path = adapter_dir / str(added.get("file", ADDED_ROWS))
     config, state = extend_embeddings(model_state(base), base.config, int(added["vocab_size"]))
     base_vocab = base.config.vocab_size
     for name, tensor in rows.items():

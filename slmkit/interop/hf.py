@@ -236,7 +236,7 @@ def export_hf(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, overwrite
             atomic_dir(out_dir) as tmp:
         with _io_errors_as_os_errors(tmp / SAFETENSORS):
             save_file(hf_state, str(tmp / SAFETENSORS), metadata={"format": "pt"})
-        tokenizer = _export_tokenizer(ckpt_dir, tmp)
+        tokenizer = export_tokenizer(ckpt_dir, tmp)
         for key, value in tokenizer.ids.items():
             if hf_config.get(key) is None:  # ids recorded at import win over the tokenizer's
                 hf_config[key] = value
@@ -289,7 +289,7 @@ class _ExportedTokenizer:
     description: str | None
 
 
-def _export_tokenizer(ckpt_dir: Path, out_dir: Path) -> _ExportedTokenizer:
+def export_tokenizer(ckpt_dir: Path, out_dir: Path) -> _ExportedTokenizer:
     """The checkpoint's tokenizer in HF form: through slmkit.tokenizer when it can, else HF files copied.
 
     A tokenizer with the chat tokens brings its chat template (tokenizer_config.json, written by
