@@ -248,3 +248,5 @@ def test_cli_export_hf_of_an_adapter_writes_a_peft_adapter_and_force_spares_the_
     assert (adapter / "slmkit_adapter.json").is_file()
     assert main(["export-hf", str(base), str(tmp_path / "x"), "--base-model", str(hf_base)]) == 2
     assert "--base-model names the base of a LoRA adapter" in capsys.readouterr().err
+    assert main(["export-hf", str(adapter), str(tmp_path / "y"), "--base-model", str(tmp_path / "hf-bas")]) == 2
+    assert "hf-bas: no such directory (and not a Hub id" in capsys.readouterr().err

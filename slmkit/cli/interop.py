@@ -91,11 +91,11 @@ def _import_hf(args) -> int:
 def _export_hf(args) -> int:
     if api.is_adapter_dir(args.ckpt):
         out = api.export_adapter_hf(args.ckpt, args.out, base_model=args.base_model, overwrite=args.force)
+        if args.base_model is not None and not Path(args.base_model).is_dir():
+            print(f"note: {args.base_model} is no local directory, so it is recorded as a Hugging Face Hub id, unchecked")
         base = args.base_model or "BASE_HF_DIR"
         print(f"wrote PEFT adapter {out}; load it with peft.PeftModel.from_pretrained("
               f"AutoModelForCausalLM.from_pretrained({base!r}), {str(out)!r})")
-        if args.base_model is not None and not Path(args.base_model).is_dir():
-            print(f"note: {args.base_model} is no local directory, so it is recorded as a Hugging Face Hub id, unchecked")
         if args.base_model is None:
             print("export its base with `slm export-hf BASE BASE_HF_DIR` (BASE: the checkpoint the adapter names) "
                   "and pass --base-model BASE_HF_DIR to record it in adapter_config.json")

@@ -18,6 +18,7 @@ template in HF form; the base's embeddings are resized to the new vocabulary bef
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ from slmkit.tokenizer import MANIFEST
 from slmkit.utils import atomic_dir, check_replaceable, output_errors, write_marker
 
 ADAPTER_EXPORT_MARKER = ".slmkit-export-hf-adapter"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # name or owner/name, as the Hub spells them
 
 
 def export_adapter_hf(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -86,6 +88,9 @@ def export_adapter_hf(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike
     hf_pairs = lora_to_hf(pairs, config.replace(vocab_size=config.vocab_size + added))
     if base_model is not None and Path(base_model).is_dir():
         _check_base_export(Path(base_model), adapter_dir, meta, config, hf_pairs)
+    elif base_model is not None and not _HUB_ID.match(str(base_model)):
+        raise SlmError(f"base model {base_model}: no such directory (and not a Hub id such as owner/name); give the "
+                       f"directory `slm export-hf BASE DIR` wrote")
     if os.path.lexists(out_dir):
         check_replaceable(out_dir, (adapter_dir, base_model), kind="an HF adapter export",
                           marker=ADAPTER_EXPORT_MARKER)
