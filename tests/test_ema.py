@@ -147,22 +147,12 @@ def test_resuming_a_run_without_ema_with_ema_on_starts_the_average_there(data_di
 
 def test_a_lora_fine_tune_with_ema_saves_the_averaged_adapters_merged_into_the_base(tmp_path):
     pytest.importorskip("peft")
-    from conftest import make_text
-    from train_support import WORDS
+    from train_support import train_bpe_base, write_repeat_rows
 
     from slmkit import api
 
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for index in range(8):
-        (corpus / f"doc{index}.txt").write_text(make_text(index), encoding="utf-8")
-    data = api.prepare([str(corpus)], tmp_path / "data", "bpe:512", progress=False).dir
-    overrides = [o for o in tiny_overrides(data, max_steps=4, eval_interval=0, checkpoint_interval=0)
-                 if not o.startswith(("context_length", "train.seq_len"))]
-    api.train(data, tmp_path / "base", overrides=[*overrides, "context_length=96", "train.seq_len=96"], quiet=True,
-              report=False)
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"prompt": f"repeat {w}", "response": f"{w} {w}."}) + "\n" for w in WORDS))
+    train_bpe_base(tmp_path, tmp_path / "base", documents=8, steps=4, report=False)
+    rows = write_repeat_rows(tmp_path / "rows.jsonl")
     out = tmp_path / "lora"
     fast = ["train.max_steps=6", "train.eval_interval=6", "train.eval_batches=2", "train.batch_size=4",
             "train.warmup_steps=2", "train.lr=3e-3", "train.precision=\"fp32\"", "train.device=\"cpu\"",

@@ -13,8 +13,7 @@ import torch
 
 pytest.importorskip("peft")
 
-from conftest import make_text  # noqa: E402
-from train_support import WORDS, tiny_overrides  # noqa: E402
+from train_support import WORDS, train_bpe_base  # noqa: E402
 
 import slmkit  # noqa: E402
 from slmkit import api  # noqa: E402
@@ -32,15 +31,7 @@ FAST = ["train.max_steps=24", "train.eval_interval=12", "train.eval_batches=4", 
 def base(tmp_path_factory) -> Path:
     """A tiny model on a 512-token byte-level BPE (no chat tokens), trained a few steps, context 96."""
     root = tmp_path_factory.mktemp("base")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for index in range(16):
-        (corpus / f"doc{index}.txt").write_text(make_text(index), encoding="utf-8")
-    data = api.prepare([str(corpus)], root / "data", "bpe:512", progress=False).dir
-    overrides = [o for o in tiny_overrides(data, max_steps=10, checkpoint_interval=0, threads=1)
-                 if not o.startswith(("context_length", "train.seq_len"))]
-    api.train(data, root / "run", overrides=[*overrides, "context_length=96", "train.seq_len=96"], quiet=True)
-    return root / "run"
+    return train_bpe_base(root, root / "run")
 
 
 @pytest.fixture(scope="module")

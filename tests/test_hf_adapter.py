@@ -161,22 +161,13 @@ def test_an_hf_directory_that_is_not_the_bases_export_is_refused(tmp_path):
 def chat_finetune(tmp_path_factory):
     """`slm finetune --lora` on a tiny base without chat tokens: the adapter adds <|im_start|> and
     <|im_end|> (two embedding rows) beside its LoRA matrices."""
-    from conftest import make_text
-    from train_support import WORDS, tiny_overrides
+    from train_support import train_bpe_base, write_repeat_rows
 
     from slmkit import api
 
     root = tmp_path_factory.mktemp("chat")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    for index in range(12):
-        (corpus / f"doc{index}.txt").write_text(make_text(index), encoding="utf-8")
-    data = api.prepare([str(corpus)], root / "data", "bpe:384", progress=False).dir
-    overrides = [o for o in tiny_overrides(data, max_steps=4, checkpoint_interval=0, threads=1)
-                 if not o.startswith(("context_length", "train.seq_len"))]
-    api.train(data, root / "base", overrides=[*overrides, "context_length=64", "train.seq_len=64"], quiet=True)
-    rows = root / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"prompt": f"repeat {w}", "response": f"{w} {w}."}) + "\n" for w in WORDS))
+    train_bpe_base(root, root / "base", documents=12, steps=4, report=False)
+    rows = write_repeat_rows(root / "rows.jsonl")
     fast = ["train.max_steps=6", "train.eval_interval=6", "train.eval_batches=2", "train.batch_size=4",
             "train.lr=3e-3", "train.warmup_steps=1", "train.precision=\"fp32\"", "train.device=\"cpu\"",
             "train.tensorboard=false", "train.wandb=false", "train.threads=1"]

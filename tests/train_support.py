@@ -149,6 +149,30 @@ def tiny_overrides(data_dir: Path, **train) -> list[str]:
     return out
 
 
+def train_bpe_base(root: Path, out: Path, documents: int = 16, steps: int = 10, report: bool = True) -> Path:
+    """`out`: a tiny model (context 96) trained `steps` steps on a 512-token byte-level BPE of `documents`
+    pseudo-word documents, with no chat tokens: the base a fine-tune test starts from."""
+    from conftest import make_text
+
+    from slmkit import api
+
+    corpus = root / "corpus"
+    corpus.mkdir()
+    for index in range(documents):
+        (corpus / f"doc{index}.txt").write_text(make_text(index), encoding="utf-8")
+    data = api.prepare([str(corpus)], root / "data", "bpe:512", progress=False).dir
+    overrides = [o for o in tiny_overrides(data, max_steps=steps, checkpoint_interval=0, threads=1)
+                 if not o.startswith(("context_length", "train.seq_len"))]
+    api.train(data, out, overrides=[*overrides, "context_length=96", "train.seq_len=96"], quiet=True, report=report)
+    return out
+
+
+def write_repeat_rows(path: Path) -> Path:
+    """Fine-tuning rows in the bases' alphabet: "repeat W" -> "W W." (learnable in a few dozen steps)."""
+    path.write_text("".join(json.dumps({"prompt": f"repeat {w}", "response": f"{w} {w}."}) + "\n" for w in WORDS))
+    return path
+
+
 def _toml(value) -> str:
     if value is None:
         return "none"

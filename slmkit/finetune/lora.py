@@ -448,10 +448,18 @@ def _added_rows(model, base_vocab: int) -> dict[str, torch.Tensor]:
 def read_added_rows(adapter_dir: Path, added: dict) -> dict[str, torch.Tensor]:
     """The embedding (and untied head) rows of the tokens an adapter's fine-tune added, from the file its
     slmkit_adapter.json names under added_tokens, checked against the recorded hash."""
-    path = adapter_dir / str(added.get("file", ADDED_ROWS))
-    if not path.is_file() or (added.get("sha256") and sha256_file(path) != added["sha256"]):
-        raise SlmError(f"adapter {adapter_dir}: {path.name} is missing or does not match its hash; the adapter "
-                       f"is damaged")
+    return _read_checked(adapter_dir, str(added.get("file", ADDED_ROWS)), added.get("sha256"))
+
+
+def _read_checked(adapter_dir: Path, name: str, sha256: str | None) -> dict[str, torch.Tensor]:
+    """The tensors of the adapter's file `name`, after checking it against the `sha256` recorded in
+    slmkit_adapter.json. Raises SlmError for a missing, modified or unreadable file."""
+    path = adapter_dir / name
+    if not path.is_file():
+        raise SlmError(f"adapter {adapter_dir} has no {name}; it is incomplete")
+    if sha256 and sha256_file(path) != sha256:
+        raise SlmError(f"{path} does not match the hash in {ADAPTER_META}: the file is truncated or was "
+                       f"modified; restore it or train the adapter again")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -484,16 +492,7 @@ def _with_added_rows(base, adapter_dir: Path, added: dict, device, dtype) -> Tra
 def read_adapter_tensors(adapter_dir: Path, meta: dict) -> dict[str, torch.Tensor]:
     """The adapter's A and B tensors (adapter_state's names), after checking the file against the hash
     recorded in `meta` (its slmkit_adapter.json). Raises SlmError for a missing, modified or unreadable file."""
-    weights = adapter_dir / ADAPTER_WEIGHTS
-    if not weights.is_file():
-        raise SlmError(f"adapter {adapter_dir} has no {ADAPTER_WEIGHTS}; it is incomplete")
-    if meta.get("adapter_sha256") and sha256_file(weights) != meta["adapter_sha256"]:
-        raise SlmError(f"{weights} does not match the hash in {ADAPTER_META}: the file is truncated or was "
-                       f"modified; restore it or train the adapter again")
-    try:
-        return load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise SlmError(f"cannot read {weights}: {error}; the adapter is damaged") from None
+    return _read_checked(adapter_dir, ADAPTER_WEIGHTS, meta.get("adapter_sha256"))
 
 
 def load_adapter(adapter_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None,
