@@ -199,7 +199,8 @@ def test_cli_export_onnx_writes_model_tokenizer_and_configs(cli_export, capsys):
     from slmkit.tokenizer import load_tokenizer
 
     model, tokenizer, ckpt, out, printed = cli_export
-    assert printed == f"wrote ONNX model {out} (without the KV cache)\n"
+    size = (out / "model.onnx").stat().st_size / 1e6
+    assert printed == f"wrote ONNX model {out} (float32, {size:,.1f} MB, without the KV cache)\n"
     assert {"model.onnx", "config.json", "genai_config.json", EXPORT_MARKER} <= {p.name for p in out.iterdir()}
     meta = json.loads((out / "config.json").read_text())
     assert meta["cache"] is False and meta["opset"] == 20 and meta["inputs"] == ["input_ids"]
