@@ -218,7 +218,8 @@ def main() -> None:
     command = "python bench/bench_onnx.py " + " ".join(sys.argv[1:])
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = (f"{stamp}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-            f"{torch.__version__}, onnxruntime {onnxruntime.__version__}; {args.threads} thread(s) for all; "
+            f"{torch.__version__}, onnxruntime {onnxruntime.__version__}; {args.threads} thread(s) for all, niceness "
+            f"{os.nice(0)}; "
             f"1-minute load average {', '.join(f'{x:.1f}' for x in loads)} at the start and after each model "
             f"(other engineers' jobs shared the machine)")
     body = [
@@ -252,7 +253,7 @@ def main() -> None:
         "",
         "Reading: on `nano` a decode step is a few small matmuls, so per-operator overhead sets its cost: "
         "slmkit's eager PyTorch pays Python and dispatch for every operation of every layer, onnxruntime runs "
-        "the optimised graph from C++, and int8 saves little where the weights already fit in cache. On `slm-25m` "
+        "the optimised graph from C++, and int8 gains less where the weights already fit in cache. On `slm-25m` "
         "a step reads every weight once (about 101 MB in float32, more than the 32 MiB L3 cache; see "
         "\"Generation\"), so memory traffic weighs more: int8 reads a quarter of the bytes per weight and its "
         "integer matmuls (VNNI on this CPU) are faster still. The int8 file is larger than a quarter of the float32 "
