@@ -14,6 +14,7 @@ import collections
 import contextlib
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -281,4 +282,12 @@ def test_bad_quantize_value_is_a_one_line_error_naming_the_choice(trained, tmp_p
         assert err.startswith(f"error: quantize '{value}' is not supported; the choices are int8") and err.count("\n") == 1
     with pytest.raises(SlmError, match="quantize 8 is not supported"):
         export_onnx(ckpt, tmp_path / "o", quantize=8)
+    assert not (tmp_path / "o").exists()
+
+
+def test_int8_without_onnxruntime_names_the_install_command_and_writes_nothing(trained, tmp_path, monkeypatch):
+    _, _, ckpt, _, _, _ = trained
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    with pytest.raises(SlmError, match=r"need the onnxruntime package.*pip install 'slmkit\[onnx\]'"):
+        export_onnx(ckpt, tmp_path / "o", quantize="int8")
     assert not (tmp_path / "o").exists()
