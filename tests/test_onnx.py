@@ -207,7 +207,8 @@ def test_cli_export_onnx_writes_model_tokenizer_and_configs(cli_export, capsys):
     assert meta["model"] == model.config.to_dict() and meta["eos_token_id"] == tokenizer.eot_id
     genai = json.loads((out / "genai_config.json").read_text())["model"]
     assert genai["eos_token_id"] == tokenizer.eot_id
-    assert genai["decoder"]["sliding_window"] == {"window_size": 6, "layers": [0]}
+    # the graph holds the window in its mask; genai's own windowed cache would expect another layout
+    assert genai["type"] == "gemma3_text" and "sliding_window" not in genai["decoder"]
     ids = tokenizer.encode("to be or not")
     assert load_tokenizer(out).encode("to be or not") == ids
     assert OnnxModel(out).eot_id == tokenizer.eot_id

@@ -343,6 +343,12 @@ def export_onnx(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, cach
     return out_dir
 
 
+# onnxruntime-genai's model type per family. Its decoder-only path ("llama") runs any graph with this
+# export's inputs and outputs; its "gpt2" type expects GPT-2's older layout (one past tensor per layer,
+# keys and values stacked), which this export does not write, so a GPT-2 export is described as "llama".
+GENAI_TYPES = {"llama": "llama", "gemma3": "gemma3_text"}
+
+
 def genai_config(config: ModelConfig, cache: bool, special_ids: dict) -> dict:
     """The decoder's description in onnxruntime-genai's genai_config.json layout (names, sizes, ids)."""
     inputs = {"input_ids": "input_ids"}
@@ -351,15 +357,15 @@ def genai_config(config: ModelConfig, cache: bool, special_ids: dict) -> dict:
         inputs.update({"attention_mask": "attention_mask", "past_key_names": "past_key_values.%d.key",
                        "past_value_names": "past_key_values.%d.value"})
         outputs.update({"present_key_names": "present.%d.key", "present_value_names": "present.%d.value"})
+    # No "sliding_window" section: it selects genai's windowed (ring) cache, whose layout is another; the
+    # graph keeps a sliding layer's whole history and holds the window in its mask.
     decoder = {"filename": MODEL_FILE, "hidden_size": config.d_model, "num_hidden_layers": config.n_layers,
                "num_attention_heads": config.n_heads, "num_key_value_heads": config.n_kv_heads,
                "head_size": config.head_dim, "inputs": inputs, "outputs": outputs}
-    if config.sliding_window is not None:
-        decoder["sliding_window"] = {"window_size": config.sliding_window, "layers": [
-            i for i in range(config.n_layers) if config.layer_is_sliding(i)]}
     eot = special_ids.get("eos_token_id")
     return {
-        "model": {"type": config.family, "context_length": config.context_length, "vocab_size": config.vocab_size,
+        "model": {"type": GENAI_TYPES.get(config.family, "llama"), "context_length": config.context_length,
+                  "vocab_size": config.vocab_size,
                   "bos_token_id": special_ids.get("bos_token_id", eot), "eos_token_id": eot,
                   "pad_token_id": special_ids.get("pad_token_id", eot), "decoder": decoder},
         "search": {"do_sample": False, "max_length": config.context_length, "past_present_share_buffer": False},
