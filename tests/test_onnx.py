@@ -237,6 +237,9 @@ def test_refusals_are_one_line_errors(checkpoints, exports, tmp_path, capsys):
         onnx_model.generate(list(range(40)), max_new_tokens=10)
     with pytest.raises(SlmError, match="token id 61 is outside"):
         onnx_model.generate([1, 61], max_new_tokens=1)
+    # an export given where a checkpoint belongs is named for what it is
+    assert main(["export-onnx", str(onnx_model.directory), str(tmp_path / "again")]) == 2
+    assert "is an ONNX export (slm export-onnx), not a checkpoint" in capsys.readouterr().err
 
 
 def test_quantized_checkpoint_is_refused(checkpoints, tmp_path, capsys):

@@ -81,6 +81,10 @@ def save_model(model, directory: str | os.PathLike, extra: dict | None = None,
     return write_checkpoint(directory, model.config, model_state(model), extra, extra_files)
 
 
+# What other slmkit commands write beside a config.json of their own (by its format), to name it.
+OTHER_OUTPUTS = {"slmkit-onnx": "an ONNX export (slm export-onnx)"}
+
+
 def read_checkpoint_config(directory: str | os.PathLike) -> dict:
     """The parsed config.json of a checkpoint directory, checked for format and version."""
     directory = Path(directory)
@@ -100,6 +104,9 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict:
         raise SlmError(f"{path} is not valid JSON ({error}); the checkpoint is damaged") from None
     if meta.get("format") == RUN_FORMAT:
         raise SlmError(run_message)
+    if meta.get("format") in OTHER_OUTPUTS:
+        raise SlmError(f"{directory} is {OTHER_OUTPUTS[meta['format']]}, not a checkpoint; give the checkpoint "
+                       f"or run it was made from")
     if meta.get("format") != FORMAT:
         raise SlmError(f"{path} is not an slmkit checkpoint config (format={meta.get('format')!r}); "
                        f"for a Hugging Face model directory use `slm import-hf`")
