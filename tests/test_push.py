@@ -160,3 +160,36 @@ def test_cli_push_offline_is_one_line_and_exit_code_2(checkpoint, monkeypatch, n
     assert main(["push", str(checkpoint), "someone/tiny", "--token", "hf_test"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach huggingface.co") and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def adapter(checkpoint, tmp_path_factory) -> Path:
+    """A LoRA adapter on the tiny checkpoint, with its tokenizer."""
+    pytest.importorskip("peft")
+    from slmkit.finetune import LoraOptions, add_lora, save_adapter
+    from slmkit.model import load_model
+
+    options = LoraOptions(rank=2, targets=("qkv",))
+    model = add_lora(load_model(checkpoint), options)
+    return save_adapter(model, tmp_path_factory.mktemp("push-adapter") / "adapter", checkpoint, options,
+                        tokenizer_dir=checkpoint)
+
+
+def test_push_of_an_slmkit_adapter_uploads_a_peft_adapter_naming_the_base_repository(adapter, fake_hub):
+    import json
+
+    api.push(adapter, "someone/tiny-qa", token="hf_test", base_model="someone/tiny")
+    files = fake_hub.calls[-1][1]["files"]
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "tokenizer.json"} <= set(files)
+    assert not {".slmkit-export-hf-adapter", "slmkit_adapter.json", "config.json"} & set(files)
+    config = json.loads(files["adapter_config.json"])
+    assert config["base_model_name_or_path"] == "someone/tiny"
+    assert sorted(config["target_modules"]) == ["self_attn.k_proj", "self_attn.q_proj", "self_attn.v_proj"]
+
+
+def test_push_of_an_adapter_export_uploads_it_as_it_is(adapter, fake_hub, tmp_path):
+    out = api.export_adapter_hf(adapter, tmp_path / "hf-adapter", base_model="someone/tiny")
+    api.push(out, "someone/tiny-qa", token="hf_test")
+    files = fake_hub.calls[-1][1]["files"]
+    assert files["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
+    assert ".slmkit-export-hf-adapter" not in files

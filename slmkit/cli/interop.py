@@ -31,8 +31,8 @@ def register(subparsers) -> None:
     add_command(
         subparsers, "push", _push_arguments, _push,
         help="upload a model to the Hugging Face Hub",
-        description="Upload an HF export (slm export-hf), or a checkpoint or run exported on the way, to a Hugging "
-                    "Face Hub model repository (created when missing) with huggingface_hub. Needs the network and a "
+        description="Upload an HF export (slm export-hf), or a checkpoint, run or LoRA adapter exported on the way, "
+                    "to a Hugging Face Hub model repository (created when missing) with huggingface_hub. Needs the network and a "
                     "token with write access (hf auth login, HF_TOKEN or --token).",
     )
 
@@ -62,13 +62,17 @@ def _export_hf_arguments(exp) -> None:
 
 
 def _push_arguments(push) -> None:
-    push.add_argument("source", metavar="RUN_OR_EXPORT", help="an HF export directory, or a checkpoint or run")
+    push.add_argument("source", metavar="RUN_OR_EXPORT",
+                      help="an HF export or PEFT adapter directory, or a checkpoint, run or LoRA adapter")
     push.add_argument("repo", metavar="REPO", help="the Hub repository: NAME or OWNER/NAME")
     push.add_argument("--private", action="store_true", help="create the repository private")
     push.add_argument("--token", default=None,
                       help="a Hub token with write access (default: HF_TOKEN, else the stored login; a token on the "
                            "command line is visible to other users of this machine)")
     _add_export_options(push, when=" (when exporting a checkpoint or run)")
+    push.add_argument("--base-model", default=None, metavar="HF_ID",
+                      help="for an slmkit LoRA adapter: the Hub repository of its base's export, recorded in "
+                           "adapter_config.json")
 
 
 def _add_export_options(parser, when: str = "") -> None:
@@ -110,6 +114,6 @@ def _export_hf(args) -> int:
 
 def _push(args) -> int:
     url = api.push(args.source, args.repo, private=args.private, token=args.token, license=args.license,
-                   generation_preset=args.preset, audit=args.audit)
+                   generation_preset=args.preset, audit=args.audit, base_model=args.base_model)
     print(f"pushed to {url}")
     return 0

@@ -1,8 +1,8 @@
 """`push`: an HF export uploaded to a Hugging Face Hub model repository with huggingface_hub.
 
-The source is either a directory `export_hf` wrote (uploaded as it is), or an slmkit checkpoint or run,
-which is exported first into a temporary directory (with a model card whose usage example names the
-repository). The token is checked first (`HfApi.whoami`), so that no long export runs for a push that
+The source is either a directory `export_hf` or `export_adapter_hf` wrote (uploaded as it is), or an
+slmkit checkpoint, run or LoRA adapter, which is exported first into a temporary directory (a model
+with a model card whose usage example names the repository; an adapter as a PEFT adapter). The token is checked first (`HfApi.whoami`), so that no long export runs for a push that
 cannot happen; the repository is created when missing (`HfApi.create_repo(exist_ok=True)`), then the
 folder is uploaded in one commit (`HfApi.upload_folder`). Whatever stops the push is one line: no
 network or offline mode (push later from an online machine), no token (log in or pass one), a token
@@ -21,7 +21,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from slmkit.errors import SlmError
+from slmkit.finetune.lora import is_adapter_dir, read_adapter_meta
 from slmkit.interop.hf import DEFAULT_GENERATION_PRESET, EXPORT_MARKER, export_hf
+from slmkit.interop.hf_adapter import ADAPTER_EXPORT_MARKER, export_adapter_hf
 from slmkit.interop.model_card import DEFAULT_LICENSE
 from slmkit.rundir import is_run_dir, resolve_checkpoint_dir
 
@@ -33,12 +35,14 @@ LOGIN_HINT = "run `hf auth login` (older huggingface_hub: `huggingface-cli login
 
 def push(source: str | os.PathLike, repo_id: str, *, private: bool = False, token: str | None = None,
          license: str = DEFAULT_LICENSE, generation_preset: str = DEFAULT_GENERATION_PRESET, audit: bool = True,
-         endpoint: str | None = None, commit_message: str | None = None) -> str:
+         endpoint: str | None = None, commit_message: str | None = None, base_model: str | None = None) -> str:
     """Upload `source` to the Hub model repository `repo_id` ("NAME" or "OWNER/NAME"); return its URL.
 
-    source: an HF export directory (uploaded as it is, its export mark left out), or an slmkit
-    checkpoint or run directory (exported first with `export_hf(..., license, generation_preset, audit)`
-    into a temporary directory, removed afterwards). private: create the repository private (an
+    source: an HF export directory or a PEFT adapter `export_adapter_hf` wrote (uploaded as it is, its
+    export mark left out), an slmkit checkpoint or run directory (exported first with `export_hf(...,
+    license, generation_preset, audit)` into a temporary directory, removed afterwards), or an slmkit
+    LoRA adapter (exported first with `export_adapter_hf(..., base_model)`: name the base's Hub
+    repository there, so that the adapter's config points at it). private: create the repository private (an
     existing one keeps its visibility). token: a Hub token with write access (default: HF_TOKEN,
     else the one `hf auth login` stored). endpoint: another Hub (default: huggingface.co, or HF_ENDPOINT).
     Raises SlmError, before uploading anything, for a bad repository id, a missing source, offline mode
@@ -48,8 +52,11 @@ def push(source: str | os.PathLike, repo_id: str, *, private: bool = False, toke
         raise SlmError(f"repository id {repo_id!r} is not valid: write NAME or OWNER/NAME (letters, digits, "
                        f"'-', '_' and '.', at most 96 characters)")
     source = Path(source)
-    export_dir = source if _is_hf_export(source) else None
-    if export_dir is None:
+    export_dir = source if _is_hf_export(source) or _is_adapter_export(source) else None
+    adapter = export_dir is None and is_adapter_dir(source)
+    if adapter:
+        read_adapter_meta(source)  # a damaged adapter is refused before any network
+    elif export_dir is None:
         resolve_checkpoint_dir(source)  # a missing or wrong source is refused before any network
     hub = _huggingface_hub()
     host = urlparse(endpoint or hub.constants.ENDPOINT).netloc or str(endpoint)
@@ -66,12 +73,14 @@ def push(source: str | os.PathLike, repo_id: str, *, private: bool = False, toke
         api.whoami()  # the network and the token, checked before a long export
         if export_dir is None:
             scratch = Path(tempfile.mkdtemp(prefix="slmkit-push-"))
-            export_dir = export_hf(source, scratch / repo_id.rsplit("/", 1)[-1], license=license,
-                                   generation_preset=generation_preset, audit=audit, model_id=repo_id)
+            target = scratch / repo_id.rsplit("/", 1)[-1]
+            export_dir = export_adapter_hf(source, target, base_model=base_model) if adapter else \
+                export_hf(source, target, license=license, generation_preset=generation_preset, audit=audit,
+                          model_id=repo_id)
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(export_dir), repo_id=repo_id, repo_type="model",
                           commit_message=commit_message or f"Upload {source.name} (exported with slmkit)",
-                          ignore_patterns=[EXPORT_MARKER])
+                          ignore_patterns=[EXPORT_MARKER, ADAPTER_EXPORT_MARKER])
     except hub.errors.HfHubHTTPError as error:
         raise SlmError(_http_message(error, repo_id)) from None
     except _network_errors(hub) as error:
@@ -81,6 +90,11 @@ def push(source: str | os.PathLike, repo_id: str, *, private: bool = False, toke
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return str(url)
+
+
+def _is_adapter_export(path: Path) -> bool:
+    """Whether `path` is a PEFT adapter directory (adapter_config.json), not an slmkit adapter."""
+    return (path / "adapter_config.json").is_file() and not is_adapter_dir(path)
 
 
 def _is_hf_export(path: Path) -> bool:
