@@ -1,6 +1,6 @@
 """`slm export-onnx` output runs in onnxruntime-genai as it is: its genai_config.json loads, genai's
 tokenizer gives slmkit's ids, and genai's greedy search gives slmkit's greedy tokens (GPT-2, Llama and
-Gemma 3, past the sliding window; float32 and int8)."""
+Gemma 3, past the sliding window; float32, int8 and int4)."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def genai_greedy(directory, ids: list[int]) -> list[int]:
     return tokens
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
+@pytest.mark.parametrize("quantize", [None, "int8", "int4"])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_onnxruntime_genai_runs_the_export_with_slmkits_tokenizer_ids_and_greedy_tokens(checkpoints, tmp_path,
                                                                                         family, quantize):
@@ -87,6 +87,6 @@ def test_onnxruntime_genai_runs_the_export_with_slmkits_tokenizer_ids_and_greedy
     got = genai_greedy(out, ids)
     expected = generate(model, ids, "greedy", max_new_tokens=NEW_TOKENS).tokens
     assert len(set(expected)) > 3  # a model that only repeats itself would prove little
-    if quantize:  # int8 weights move the logits (greedy may part from float32's): the same graph in onnxruntime
+    if quantize:  # quantized weights move the logits (greedy may part from float32's): the same graph in onnxruntime
         expected = OnnxModel(out, threads=1).generate(ids, NEW_TOKENS)
     assert got[:len(expected)] == expected and len(got) - len(expected) in (0, 1)  # genai keeps the end-of-text id

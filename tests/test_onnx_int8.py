@@ -276,10 +276,10 @@ def test_quantize_writes_the_weights_beside_the_graph_when_asked_as_past_2_gb(tr
 
 def test_bad_quantize_value_is_a_one_line_error_naming_the_choice(trained, tmp_path, capsys):
     _, _, ckpt, _, _, _ = trained
-    for value in ("int4", "INT8", "fp16"):
+    for value in ("int2", "INT8", "fp16"):
         assert main(["export-onnx", str(ckpt), str(tmp_path / "o"), "--quantize", value]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: quantize '{value}' is not supported; the choices are int8") and err.count("\n") == 1
+        assert err.startswith(f"error: quantize '{value}' is not supported; the choices are int8, int4") and err.count("\n") == 1
     with pytest.raises(SlmError, match="quantize 8 is not supported"):
         export_onnx(ckpt, tmp_path / "o", quantize=8)
     assert not (tmp_path / "o").exists()

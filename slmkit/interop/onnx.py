@@ -1,8 +1,8 @@
 """ONNX export of the one Transformer, with or without a KV cache, and greedy decoding through onnxruntime.
 
 `export_onnx(CKPT, OUT)` writes OUT/model.onnx (float32) with the input and output names that
-onnxruntime-genai and optimum use; `export_onnx(CKPT, OUT, quantize="int8")` writes the same graph
-with int8 weights instead (see `quantize_graph`):
+onnxruntime-genai and optimum use; `export_onnx(CKPT, OUT, quantize="int8")` or `quantize="int4"` writes
+the same graph with 8-bit or 4-bit weights instead (see `quantize_graph`):
 
     with the cache (default)
         inputs   input_ids (batch, seq) int64
@@ -26,7 +26,9 @@ present ones, so embedding, rotary tables, masks, attention and norms are the co
 The int8 graph is onnxruntime's own dynamic quantization of the float32 one (`quantize_graph`):
 weights of every MatMul with a constant weight, the (tied) head included, and the embedding table are
 stored in 8 bits; activations are quantized per call; keys, values, logits and every input and output
-stay as above.
+stay as above. The int4 graph is onnxruntime's own block-wise 4-bit weight quantization
+(MatMulNBitsQuantizer): every MatMul with a constant weight, the head included, becomes a MatMulNBits
+and the embedding's Gather a GatherBlockQuantized (onnxruntime contrib operators), everything else float32.
 
 Beside model.onnx: config.json (the slmkit ModelConfig and what was exported), genai_config.json
 (onnxruntime-genai's layout: the decoder's input and output names, sizes, special ids), and the
@@ -69,8 +71,8 @@ from slmkit.utils import (
     write_marker,
 )
 
-__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "QUANTIZE_CHOICES", "OnnxModel", "GraphCache", "export_onnx",
-           "input_names", "output_names", "quantize_graph"]
+__all__ = ["DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "QUANTIZE_CHOICES", "INT4_BLOCK_SIZES", "DEFAULT_INT4_BLOCK_SIZE",
+           "OnnxModel", "GraphCache", "export_onnx", "input_names", "output_names", "quantize_graph"]
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
@@ -84,11 +86,20 @@ MIN_OPSET, DEFAULT_OPSET, MAX_OPSET = 18, 20, 23
 # >= 2 so that no dimension is specialised or confused with another.
 _EXAMPLE_BATCH, _EXAMPLE_SEQ, _EXAMPLE_PAST = 2, 3, 4
 INSTALL_HINT = "pip install 'slmkit[onnx]' (or: pip install onnx onnxscript onnxruntime)"
-QUANTIZE_CHOICES = ("int8",)
+QUANTIZE_CHOICES = ("int8", "int4")
 # onnxruntime's dynamic int8 quantization, settings measured on the quick-start model (docs/interop.md): uint8
 # weights run the U8U8 kernels, which cannot saturate on CPUs without VNNI, as fast as int8 ones here; one scale
 # per output channel halves the loss cost and lifts top-1 agreement with float32 from 94.6% to 95.4%.
 INT8_SETTINGS = {"weight_type": "QUInt8", "per_channel": True, "reduce_range": False}
+# onnxruntime's block-wise 4-bit weights (MatMulNBitsQuantizer, round to nearest), settings measured on the
+# quick-start model and slm-25m (docs/interop.md): one scale and zero point per block of 32 weights along the
+# input dimension (block 32 halves block 128's loss cost; 128 decodes faster); asymmetric (zero points) lowers the
+# loss cost against symmetric; accuracy_level 4 computes with int8 activations (the fast CPU kernels, about 2x
+# accuracy_level 0's decode speed at the same loss); the embedding's Gather becomes a GatherBlockQuantized too.
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits takes powers of two from 16
+DEFAULT_INT4_BLOCK_SIZE = 32
+INT4_SETTINGS = {"bits": 4, "is_symmetric": False, "accuracy_level": 4, "op_types_to_quantize": ["MatMul", "Gather"]}
+INT4_OPSET = 21  # the 4-bit embedding table is a UINT4 tensor, a type of opset 21 (IR 10) and newer
 EXTERNAL_DATA_BYTES = 2 * 1024**3  # one protobuf file holds at most 2 GB; larger graphs keep weights beside it
 
 
@@ -197,23 +208,30 @@ def _dynamic_shapes(config: ModelConfig, cache: bool) -> tuple:
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The exporter's progress lines, its optional-operator notices and its tracer warnings, silenced:
-    they say nothing a user of `slm export-onnx` can act on."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+def _quiet_loggers(names: list[str]):
+    """The named loggers at ERROR for a while."""
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")) as sink:
-            warnings.simplefilter("ignore")
-            try:
-                yield
-            finally:
-                sink.close()
+        yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's progress lines, its optional-operator notices and its tracer warnings, silenced:
+    they say nothing a user of `slm export-onnx` can act on."""
+    with _quiet_loggers(["torch.onnx", "torch.export", "torch._export", "onnxscript"]), warnings.catch_warnings(), \
+            contextlib.redirect_stdout(open(os.devnull, "w")) as sink:
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            sink.close()
 
 
 def export_graph(model: Transformer, path: str | os.PathLike, cache: bool = True, opset: int = DEFAULT_OPSET) -> None:
@@ -251,17 +269,23 @@ def _finish_graph(path, opset: int) -> None:
     onnx.save(proto, str(path))
 
 
-def quantize_graph(float_path: str | os.PathLike, out_path: str | os.PathLike, external_data: bool = False) -> dict:
-    """Write the float32 graph at `float_path` with int8 weights at `out_path`, by onnxruntime's own
-    `quant_pre_process` and `quantize_dynamic` (INT8_SETTINGS); returns the settings, for config.json.
+def quantize_graph(float_path: str | os.PathLike, out_path: str | os.PathLike, external_data: bool = False,
+                   dtype: str = "int8", block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> dict:
+    """Write the float32 graph at `float_path` with `dtype` weights at `out_path` by onnxruntime's own tools,
+    after its `quant_pre_process`; returns the settings, for config.json.
+
+    int8: `quantize_dynamic` (INT8_SETTINGS): every MatMul with a constant weight becomes a MatMulInteger, the
+    embedding's Gather reads an 8-bit table. int4: `MatMulNBitsQuantizer` (INT4_SETTINGS, one scale and zero
+    point per `block_size` weights): every such MatMul becomes a MatMulNBits and the embedding's Gather a
+    GatherBlockQuantized (com.microsoft operators); the float graph must be of opset INT4_OPSET or newer.
 
     The pre-processing (onnxruntime's basic graph optimisations) folds the transpose of a tied head's
-    weight into a constant, so the head's MatMul becomes a MatMulInteger like every other weight's;
-    without it quantize_dynamic would leave the head a float MatMul that dequantizes the whole vocabulary
-    matrix on every call (slower than float32 on slm-25m). The embedding's Gather reads its own 8-bit
-    table (one scale), so a tied matrix is stored twice in 8 bits. Inputs, outputs and the cache stay
-    float32. `external_data`: weights in OUT.data beside the graph (graphs over 2 GB). The pre-processed
-    float graph, written beside `float_path`, is removed. Needs onnxruntime.
+    weight into a constant, so the head is quantized like every other weight; without it quantize_dynamic
+    would leave the head a float MatMul that dequantizes the whole vocabulary matrix on every call (slower
+    than float32 on slm-25m). A tied matrix is thus stored twice (the Gather's table and the head's
+    transposed copy). Inputs, outputs and the cache stay float32. `external_data`: weights in OUT.data
+    beside the graph (graphs over 2 GB). The pre-processed float graph, written beside `float_path`, is
+    removed. Needs onnxruntime.
     """
     _require("onnxruntime")
     quantization = _require("onnxruntime.quantization")
@@ -270,41 +294,84 @@ def quantize_graph(float_path: str | os.PathLike, out_path: str | os.PathLike, e
     float_path, out_path = Path(float_path), Path(out_path)
     prepared = float_path.with_name("preprocessed.onnx")
     # Symbolic shape inference is skipped: it fails on the exporter's shape arithmetic, and the
-    # optimisation and ONNX shape inference are what quantize_dynamic needs.
+    # optimisation and ONNX shape inference are what the quantizers need.
     quant_pre_process(float_path, prepared, skip_symbolic_shape=True, save_as_external_data=external_data,
                       all_tensors_to_one_file=True, external_data_location=prepared.name + ".data")
-    quantization.quantize_dynamic(
-        prepared, out_path, weight_type=quantization.QuantType[INT8_SETTINGS["weight_type"]],
-        per_channel=INT8_SETTINGS["per_channel"], reduce_range=INT8_SETTINGS["reduce_range"],
-        use_external_data_format=external_data)
-    for path in (prepared, prepared.with_name(prepared.name + ".data")):
-        path.unlink(missing_ok=True)
-    return {"tool": "onnxruntime.quantization.quantize_dynamic", "onnxruntime": _require("onnxruntime").__version__,
-            **INT8_SETTINGS, "activations": "uint8, one scale per call (DynamicQuantizeLinear)",
+    try:
+        if dtype == "int4":
+            settings = _quantize_int4(prepared, out_path, external_data, block_size)
+        else:
+            quantization.quantize_dynamic(
+                prepared, out_path, weight_type=quantization.QuantType[INT8_SETTINGS["weight_type"]],
+                per_channel=INT8_SETTINGS["per_channel"], reduce_range=INT8_SETTINGS["reduce_range"],
+                use_external_data_format=external_data)
+            settings = {"tool": "onnxruntime.quantization.quantize_dynamic", **INT8_SETTINGS,
+                        "activations": "uint8, one scale per call (DynamicQuantizeLinear)"}
+    finally:
+        for path in (prepared, prepared.with_name(prepared.name + ".data")):
+            path.unlink(missing_ok=True)
+    return {**settings, "onnxruntime": _require("onnxruntime").__version__,
             "preprocessed": "quant_pre_process (symbolic shape inference skipped)"}
+
+
+def _quantize_int4(prepared: Path, out_path: Path, external_data: bool, block_size: int) -> dict:
+    """MatMulNBitsQuantizer over the pre-processed graph at `prepared`, written to `out_path`."""
+    onnx = _require("onnx")
+    # The quantizer's module calls logging.basicConfig(level=INFO) when imported, which would print every
+    # later INFO line of the process; basicConfig does nothing while the root logger has a handler.
+    root, guard = logging.getLogger(), logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        nbits = importlib.import_module("onnxruntime.quantization.matmul_nbits_quantizer")
+    finally:
+        root.removeHandler(guard)
+    quantizer = nbits.MatMulNBitsQuantizer(
+        onnx.load(str(prepared)), block_size=block_size, bits=INT4_SETTINGS["bits"],
+        is_symmetric=INT4_SETTINGS["is_symmetric"], accuracy_level=INT4_SETTINGS["accuracy_level"],
+        op_types_to_quantize=tuple(INT4_SETTINGS["op_types_to_quantize"]))
+    with _quiet_loggers([nbits.__name__]):  # a line per node at INFO
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(out_path), use_external_data_format=external_data)
+    return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer", **INT4_SETTINGS,
+            "block_size": block_size, "operators": "MatMul -> MatMulNBits, Gather -> GatherBlockQuantized",
+            "activations": "float32 (int8 inside MatMulNBits at accuracy_level 4)"}
 
 
 # -- export -------------------------------------------------------------------------------------
 def export_onnx(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, cache: bool = True,
-                opset: int | None = None, quantize: str | None = None, overwrite: bool = False) -> Path:
+                opset: int | None = None, quantize: str | None = None, block_size: int | None = None,
+                overwrite: bool = False) -> Path:
     """Write an slmkit checkpoint (or a run's best, else last, checkpoint) as an ONNX model directory.
 
     OUT/model.onnx (float32; with `cache` the KV-cache inputs and outputs, see the module docstring),
     config.json, genai_config.json and the tokenizer files. opset: the ONNX opset, MIN_OPSET to
-    MAX_OPSET (default DEFAULT_OPSET). quantize: None (float32) or "int8": the float32 graph quantized
-    by onnxruntime's `quantize_dynamic` (see `quantize_graph`; about a third of the size, the same inputs
-    and outputs). Returns `out_dir`. Raises SlmError (and writes nothing) when the checkpoint is
-    missing, damaged or quantized, the opset is out of range, `quantize` is not a choice, the onnx
-    packages are missing, or `out_dir` exists and may not be replaced (without `overwrite`, or an input
-    or a directory around one, or something export-onnx did not write).
+    MAX_OPSET (default DEFAULT_OPSET; INT4_OPSET for int4). quantize: None (float32), "int8" or "int4": the
+    float32 graph quantized by onnxruntime (see `quantize_graph`; int8 about a third of the size, int4 about
+    a fifth, the same inputs and outputs). block_size: int4's weights per scale, one of INT4_BLOCK_SIZES
+    (default DEFAULT_INT4_BLOCK_SIZE). Returns `out_dir`. Raises SlmError (and writes nothing) when the
+    checkpoint is missing, damaged or quantized, the opset is out of range (or under INT4_OPSET for int4),
+    `quantize` is not a choice, `block_size` is not one or is given without int4, the onnx packages are
+    missing, or `out_dir` exists and may not be replaced (without `overwrite`, or an input or a directory
+    around one, or something export-onnx did not write).
     """
-    opset = DEFAULT_OPSET if opset is None else opset
+    if quantize is not None and quantize not in QUANTIZE_CHOICES:
+        raise SlmError(f"quantize {quantize!r} is not supported; the choices are {', '.join(QUANTIZE_CHOICES)} "
+                       f"(weights in 8 or 4 bits by onnxruntime's quantizers), or none for float32")
+    if block_size is not None and quantize != "int4":
+        raise SlmError(f"block size {block_size!r} applies to 4-bit weights only (--quantize int4), not to "
+                       f"{quantize or 'float32'}; drop --block-size or add --quantize int4")
+    if quantize == "int4":
+        block_size = DEFAULT_INT4_BLOCK_SIZE if block_size is None else block_size
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size not in INT4_BLOCK_SIZES:
+            raise SlmError(f"block size {block_size!r} is not supported; onnxruntime's MatMulNBits takes "
+                           f"{', '.join(map(str, INT4_BLOCK_SIZES))} (default {DEFAULT_INT4_BLOCK_SIZE})")
+        if opset is not None and not isinstance(opset, bool) and isinstance(opset, int) and opset < INT4_OPSET:
+            raise SlmError(f"ONNX opset {opset} cannot hold int4 weights (4-bit tensors are opset {INT4_OPSET} "
+                           f"and newer); use --opset {INT4_OPSET} (the int4 default) or newer")
+    opset = (INT4_OPSET if quantize == "int4" else DEFAULT_OPSET) if opset is None else opset
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise SlmError(f"ONNX opset {opset!r} is not supported: torch's exporter writes opsets {MIN_OPSET} to "
                        f"{MAX_OPSET}; use --opset {DEFAULT_OPSET} (the default) or another in that range")
-    if quantize is not None and quantize not in QUANTIZE_CHOICES:
-        raise SlmError(f"quantize {quantize!r} is not supported; the choices are {', '.join(QUANTIZE_CHOICES)} "
-                       f"(weights in 8 bits by onnxruntime's quantize_dynamic), or none for float32")
     for module in ("onnx", "onnxscript") + (("onnxruntime",) if quantize else ()):
         _require(module)
     given, out_dir = Path(ckpt_dir), Path(out_dir)
@@ -319,7 +386,7 @@ def export_onnx(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, cach
     load_weights(model, state, str(ckpt_dir))
     model = model.float().eval()
     n_bytes = 4 * sum(p.numel() for p in model.parameters())
-    # int8: the float32 graph and its pre-processed copy are on disk together for a while.
+    # Quantized: the float32 graph and its pre-processed copy are on disk together for a while.
     needed = megabytes(n_bytes * (2 if quantize else 1))
     with output_errors(out_dir, "the ONNX model", flag="OUT", needed=needed), atomic_dir(out_dir) as tmp:
         quantization = {}
@@ -328,7 +395,8 @@ def export_onnx(ckpt_dir: str | os.PathLike, out_dir: str | os.PathLike, *, cach
             float_dir.mkdir()
             export_graph(model, float_dir / MODEL_FILE, cache=cache, opset=opset)
             quantization = {"quantization": quantize_graph(float_dir / MODEL_FILE, tmp / MODEL_FILE,
-                                                           external_data=n_bytes >= EXTERNAL_DATA_BYTES)}
+                                                           external_data=n_bytes >= EXTERNAL_DATA_BYTES,
+                                                           dtype=quantize, block_size=block_size)}
             shutil.rmtree(float_dir)
         else:
             export_graph(model, tmp / MODEL_FILE, cache=cache, opset=opset)
