@@ -1,16 +1,17 @@
-"""ONNX decode speed and size: onnxruntime over the exported KV-cache graph, float32 and int8, against
-slmkit's own decode, same run; and what int8 costs in quality on a trained model.
+"""ONNX decode speed and size: onnxruntime over the exported KV-cache graph, float32, int8 and int4, against
+slmkit's own decode, same run; and what int8 and int4 cost in quality on a trained model.
 
 For each preset (random weights, float32, CPU): the checkpoint is exported with `export_onnx` (with
-the cache) twice, in float32 and with `quantize="int8"` (onnxruntime's dynamic quantization), then three
-engines decode greedily at batch 1 from the same prompt: slmkit's `generate` (KVCache, PyTorch) and
-`OnnxModel.generate` over each graph (onnxruntime, past/present tensors). Decode tokens/s come from the
+the cache) three times, in float32, with `quantize="int8"` (onnxruntime's dynamic quantization) and with
+`quantize="int4"` (onnxruntime's MatMulNBitsQuantizer, default blocks), then four engines decode greedily
+at batch 1 from the same prompt: slmkit's `generate` (KVCache, PyTorch) and `OnnxModel.generate` over
+each graph (onnxruntime, past/present tensors). Decode tokens/s come from the
 time of N new tokens less the time of 1 (prefill and first token left out), best of --repeats runs taken
 in turn, so that load from other processes hurts all alike. The greedy tokens are compared with slmkit's.
 
 With --trained RUN (an slmkit run, e.g. `runs/quickstart` from `slm quickstart`): the run's best
-checkpoint is exported both ways and its validation tokens (the run's dataset, val.bin) are scored by
-PyTorch, the float32 graph and the int8 graph: loss, top-1 agreement and logit differences against
+checkpoint is exported all three ways and its validation tokens (the run's dataset, val.bin) are scored by
+PyTorch and each graph: loss, top-1 agreement and logit differences against
 float32, and the greedy continuations of prompts taken from the validation text.
 
     python bench/bench_onnx.py                                        # print the tables
@@ -48,7 +49,8 @@ from slmkit.model.checkpoint import load_state, load_weights  # noqa: E402
 from slmkit.rundir import resolve_checkpoint_dir  # noqa: E402
 
 SECTION = "## ONNX (issue 13)"
-SLMKIT, FLOAT32, INT8 = "slmkit (PyTorch)", "onnxruntime float32", "onnxruntime int8"
+SLMKIT, FLOAT32, INT8, INT4 = "slmkit (PyTorch)", "onnxruntime float32", "onnxruntime int8", "onnxruntime int4"
+DTYPES = {FLOAT32: "float32", INT8: "int8", INT4: "int4"}  # engine -> export_onnx's dtype
 
 
 def best_time(fn, repeats: int = 1) -> float:
@@ -64,10 +66,10 @@ def graph_megabytes(directory: Path) -> float:
     return sum(p.stat().st_size for p in directory.iterdir() if p.name.startswith("model.onnx")) / 1e6
 
 
-def export_both(ckpt: Path, workdir: Path, name: str) -> dict:
-    """{dtype: (directory, export seconds)} for float32 and int8."""
+def export_all(ckpt: Path, workdir: Path, name: str) -> dict:
+    """{dtype: (directory, export seconds)} for float32, int8 and int4."""
     result = {}
-    for dtype, quantize in (("float32", None), ("int8", "int8")):
+    for dtype, quantize in (("float32", None), ("int8", "int8"), ("int4", "int4")):
         start = time.perf_counter()
         directory = export_onnx(ckpt, workdir / f"{name}-{dtype}", quantize=quantize)
         result[dtype] = (directory, time.perf_counter() - start)
@@ -82,9 +84,8 @@ def measure(preset: str, args, workdir: Path) -> dict:
     torch.manual_seed(0)
     model = Transformer(load_model_config(preset=preset)).eval()
     ckpt = save_model(model, workdir / preset)
-    exports = export_both(ckpt, workdir, preset)
-    graphs = {FLOAT32: OnnxModel(exports["float32"][0], threads=args.threads),
-              INT8: OnnxModel(exports["int8"][0], threads=args.threads)}
+    exports = export_all(ckpt, workdir, preset)
+    graphs = {name: OnnxModel(exports[dtype][0], threads=args.threads) for name, dtype in DTYPES.items()}
     prompt = torch.randint(3, model.config.vocab_size, (args.prompt_tokens,),
                            generator=torch.Generator().manual_seed(1)).tolist()
     greedy = GenerationConfig(temperature=0.0, ignore_eot=True)
@@ -116,14 +117,14 @@ def validation_tokens(run: Path) -> np.ndarray:
 
 
 def quality(run: Path, args, workdir: Path) -> dict:
-    """Loss, logit differences and greedy agreement of PyTorch, the float32 graph and the int8 graph on
+    """Loss, logit differences and greedy agreement of PyTorch and the float32, int8 and int4 graphs on
     --quality-rows x the context of the run's validation tokens."""
     ckpt = resolve_checkpoint_dir(run)
     config, state, _ = load_state(ckpt)
     model = Transformer(config)
     load_weights(model, state, str(ckpt))
     model = model.float().eval()
-    exports = export_both(ckpt, workdir, "trained")
+    exports = export_all(ckpt, workdir, "trained")
     graphs = {dtype: OnnxModel(directory, threads=args.threads) for dtype, (directory, _) in exports.items()}
     length = min(128, config.context_length)
     ids = torch.from_numpy(validation_tokens(run)[:args.quality_rows * length + 1].astype(np.int64))
@@ -163,10 +164,10 @@ def speed_table(results: dict, args) -> list[str]:
         rates, base, ours = r["rates"], r["rates"][FLOAT32], r["rates"][SLMKIT]
         rows.append(f"| `{preset}` ({r['params'] / 1e6:.1f}M) | {SLMKIT} | | | {ours:.0f} | {ours / base:.2f}x | 1.00x "
                     f"| | {r['floor']:.0f} |")
-        for name, dtype in ((FLOAT32, "float32"), (INT8, "int8")):
+        for name, dtype in DTYPES.items():
             size = f"{r['size_mb'][dtype]:.1f} MB"
-            if dtype == "int8":
-                size += f" ({r['size_mb']['float32'] / r['size_mb']['int8']:.1f}x smaller)"
+            if dtype != "float32":
+                size += f" ({r['size_mb']['float32'] / r['size_mb'][dtype]:.1f}x smaller)"
             same = r["agreement"][name]
             agreement = "all" if same == args.new_tokens else f"first {same}"
             rows.append(f"| | {name} | {size} | {r['export_s'][dtype]:.0f} s | {rates[name]:.0f} "
@@ -180,7 +181,8 @@ def quality_table(q: dict) -> list[str]:
             "difference |",
             "|---|---:|---:|---:|---:|---:|---:|"]
     float32 = q["rows"]["float32"]["loss"]
-    for name, label in (("PyTorch", "PyTorch"), ("float32", "float32 graph"), ("int8", "int8 graph")):
+    for name, label in (("PyTorch", "PyTorch"), ("float32", "float32 graph"), ("int8", "int8 graph"),
+                        ("int4", "int4 graph")):
         r = q["rows"][name]
         greedy = (f"{r['identical']} of {q['prompts']}", f"{r['prefix']:.1f} of {q['new']}") if "identical" in r \
             else ("", "")
@@ -198,7 +200,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch and onnxruntime intra-op threads (default 1: a shared 2-core machine)")
     parser.add_argument("--trained", type=Path, default=None, metavar="RUN",
-                        help="an slmkit run whose best checkpoint and validation tokens measure int8's quality cost")
+                        help="an slmkit run whose best checkpoint and validation tokens measure int8's and int4's "
+                             "quality cost")
     parser.add_argument("--quality-rows", type=int, default=8, help="rows of the context (at most 128) to score")
     parser.add_argument("--write", action="store_true", help=f"replace the '{SECTION}' section of docs/benchmarks.md")
     args = parser.parse_args()
@@ -227,13 +230,15 @@ def main() -> None:
         f"tokens, {args.new_tokens} new tokens; decode tokens/s = (N - 1) / (time of N new tokens - time of 1), best "
         f"of {args.repeats} runs taken in turn. slmkit decodes with its KVCache (`slmkit.generate`, eager PyTorch, "
         f"float32); onnxruntime runs the `slm export-onnx` graph (past/present tensors, every step's present fed "
-        f"back as the next past) through `OnnxModel.generate`, float32 or `--quantize int8` (onnxruntime's "
-        f"`quantize_dynamic`: uint8 weights per output channel, activations quantized per call). Ratios are "
+        f"back as the next past) through `OnnxModel.generate`, float32, `--quantize int8` (onnxruntime's "
+        f"`quantize_dynamic`: uint8 weights per output channel, activations quantized per call) or `--quantize int4` "
+        f"(onnxruntime's `MatMulNBitsQuantizer`: 4-bit weights in blocks of 32 with a scale and zero point each, "
+        f"MatMulNBits at accuracy_level 4, the embedding a GatherBlockQuantized). Ratios are "
         f"against the float32 graph and slmkit of this same run. The export column is the time of `export_onnx` on "
-        f"this loaded machine (int8: the float32 export, then onnxruntime's pre-processing and quantization). The "
+        f"this loaded machine (int8, int4: the float32 export, then onnxruntime's pre-processing and quantization). The "
         f"weight-matmul column times PyTorch's `F.linear` over every weight matrix once (bench_generate's floor of a "
         f"batch-1 step, float32). Greedy tokens: how many of the {args.new_tokens} equal slmkit's before the first "
-        f"difference (random weights give near-ties, so int8 may leave slmkit's path early; see the trained model "
+        f"difference (random weights give near-ties, so a quantized graph may leave slmkit's path early; see the trained model "
         f"below for what that costs).",
         "",
         *speed_table(results, args),
@@ -245,7 +250,8 @@ def main() -> None:
             f"the run's best checkpoint), {cost['tokens']} tokens of its validation split ({cost['prompts']} rows "
             f"of {cost['length']}) scored in one forward each; greedy continuations of {cost['new']} tokens from the "
             f"first 16 tokens of each row, compared with PyTorch's (slmkit `generate`). model.onnx: "
-            f"{cost['rows']['float32']['size_mb']:.1f} MB float32, {cost['rows']['int8']['size_mb']:.1f} MB int8.",
+            f"{cost['rows']['float32']['size_mb']:.1f} MB float32, {cost['rows']['int8']['size_mb']:.1f} MB int8, "
+            f"{cost['rows']['int4']['size_mb']:.2f} MB int4.",
             "",
             *quality_table(cost),
         ]
@@ -256,9 +262,11 @@ def main() -> None:
         "the optimised graph from C++, and int8 gains less where the weights already fit in cache. On `slm-25m` "
         "a step reads every weight once (about 101 MB in float32, more than the 32 MiB L3 cache; see "
         "\"Generation\"), so memory traffic weighs more: int8 reads a quarter of the bytes per weight and its "
-        "integer matmuls (VNNI on this CPU) are faster still. The int8 file is larger than a quarter of the float32 "
-        "one because a tied embedding is stored twice in 8 bits (the Gather's table and the head's transposed "
-        "copy). On a shared machine the ratios, taken in turn, are the figures to read. The ONNX cache grows by "
+        "integer matmuls (VNNI on this CPU) are faster still; int4 reads about 5 bits per weight (4 bits, and a "
+        "float scale and a 4-bit zero point per block of 32) and MatMulNBits at accuracy_level 4 multiplies them "
+        "with int8 activations. The quantized files are larger than a quarter (int8) or an eighth (int4) of the "
+        "float32 one because a tied embedding is stored twice (the Gather's table and the head's transposed "
+        "copy), and int4's scales and zero points take about a fifth of its bytes. On a shared machine the ratios, taken in turn, are the figures to read. The ONNX cache grows by "
         "concatenation (each step copies the past into the present), which costs little at these lengths.",
     ]
     print("\n".join(body))

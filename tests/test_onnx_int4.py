@@ -310,3 +310,13 @@ def test_bad_block_size_from_python_is_refused_with_its_value(trained, tmp_path)
         with pytest.raises(SlmError, match=f"block size {value!r} is not supported"):
             export_onnx(ckpt, tmp_path / "o", quantize="int4", block_size=value)
     assert not (tmp_path / "o").exists()
+
+
+def test_quantize_graph_refuses_int4_for_a_graph_under_opset_21_and_an_unknown_dtype(trained, tmp_path):
+    _, _, _, outs, _ = trained
+    with pytest.raises(SlmError, match="ONNX opset 20 cannot hold int4 weights"):
+        quantize_graph(outs["float32"] / "model.onnx", tmp_path / "model.onnx", dtype="int4")
+    with pytest.raises(SlmError, match="quantize 'int2' is not supported"):
+        quantize_graph(outs["float32"] / "model.onnx", tmp_path / "model.onnx", dtype="int2")
+    assert list(tmp_path.iterdir()) == []
+    assert not (outs["float32"] / "preprocessed.onnx").exists()

@@ -285,8 +285,11 @@ def quantize_graph(float_path: str | os.PathLike, out_path: str | os.PathLike, e
     than float32 on slm-25m). A tied matrix is thus stored twice (the Gather's table and the head's
     transposed copy). Inputs, outputs and the cache stay float32. `external_data`: weights in OUT.data
     beside the graph (graphs over 2 GB). The pre-processed float graph, written beside `float_path`, is
-    removed. Needs onnxruntime.
+    removed. Raises SlmError for a `dtype` not in QUANTIZE_CHOICES or an int4 graph under INT4_OPSET. Needs
+    onnxruntime.
     """
+    if dtype not in QUANTIZE_CHOICES:
+        raise SlmError(f"quantize {dtype!r} is not supported; the choices are {', '.join(QUANTIZE_CHOICES)}")
     _require("onnxruntime")
     quantization = _require("onnxruntime.quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -325,8 +328,13 @@ def _quantize_int4(prepared: Path, out_path: Path, external_data: bool, block_si
         nbits = importlib.import_module("onnxruntime.quantization.matmul_nbits_quantizer")
     finally:
         root.removeHandler(guard)
+    graph = onnx.load(str(prepared))
+    opset = next(entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx"))
+    if opset < INT4_OPSET:  # the quantizer would raise the opset number of the graph itself, unchecked
+        raise SlmError(f"ONNX opset {opset} cannot hold int4 weights (4-bit tensors are opset {INT4_OPSET} and "
+                       f"newer); export the float graph with opset {INT4_OPSET} or newer")
     quantizer = nbits.MatMulNBitsQuantizer(
-        onnx.load(str(prepared)), block_size=block_size, bits=INT4_SETTINGS["bits"],
+        graph, block_size=block_size, bits=INT4_SETTINGS["bits"],
         is_symmetric=INT4_SETTINGS["is_symmetric"], accuracy_level=INT4_SETTINGS["accuracy_level"],
         op_types_to_quantize=tuple(INT4_SETTINGS["op_types_to_quantize"]))
     with _quiet_loggers([nbits.__name__]):  # a line per node at INFO
