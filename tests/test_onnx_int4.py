@@ -16,6 +16,8 @@ import collections
 import contextlib
 import io
 import json
+import logging
+import sys
 
 import numpy as np
 import pytest
@@ -320,3 +322,17 @@ def test_quantize_graph_refuses_int4_for_a_graph_under_opset_21_and_an_unknown_d
         quantize_graph(outs["float32"] / "model.onnx", tmp_path / "model.onnx", dtype="int2")
     assert list(tmp_path.iterdir()) == []
     assert not (outs["float32"] / "preprocessed.onnx").exists()
+
+
+def test_int4_export_leaves_the_process_logging_as_it_was(exports, tmp_path, monkeypatch, capsys):
+    """onnxruntime's quantizer module calls logging.basicConfig(level=INFO) when imported: imported afresh,
+    in a process whose root logger has no handler (pytest's own taken away), it adds none and prints nothing."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.delitem(sys.modules, "onnxruntime.quantization.matmul_nbits_quantizer")
+    level = root.level
+    model, _ = exports["llama"]
+    export_onnx(save_model(model, tmp_path / "ckpt"), tmp_path / "int4", quantize="int4")
+    assert root.handlers == [] and root.level == level
+    assert "onnxruntime.quantization.matmul_nbits_quantizer" in sys.modules  # imported afresh
+    assert capsys.readouterr() == ("", "")
