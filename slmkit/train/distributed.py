@@ -7,6 +7,7 @@ helper here is a no-op. The model code never sees any of this: it is wrapped fro
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 from dataclasses import dataclass
@@ -85,9 +86,20 @@ def no_sync(model, sync: bool):
     return model.no_sync()
 
 
+# The tensors of the last collectives, kept alive from Python. gloo's worker thread drops its own
+# reference to a finished collective's tensors a moment after the caller has its result; when that is
+# the last reference, the tensor's Python object is freed from that thread, which needs the GIL. If the
+# main thread meanwhile tears the process group down (freeing DDP at the end of a run joins gloo's
+# threads while holding the GIL), the two wait for each other forever: the hang seen in about 1 of 6
+# two-process runs on a loaded machine (gdb: ~ProcessGroupGloo joining pt_gloo_runloop, which waits for
+# the GIL in ~AsyncAllreduceWork). With Python holding the last reference, gloo's thread never frees one.
+_RECENT_COLLECTIVE_TENSORS: collections.deque = collections.deque(maxlen=16)
+
+
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum `values` over processes (in place, returned)."""
     if info.enabled:
+        _RECENT_COLLECTIVE_TENSORS.append(values)
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
