@@ -46,3 +46,25 @@ def test_two_process_run_equals_one_process_with_accumulation(data_dir, tmp_path
     for a, b in zip(load_model(ddp / "checkpoints" / "last").parameters(),
                     load_model(single / "checkpoints" / "last").parameters()):
         assert (a - b).abs().max() < 1e-4
+
+
+def test_collective_tensors_stay_referenced_from_python_after_the_call(monkeypatch):
+    """gloo's worker thread must never drop the last reference to a collective's tensor: freeing its
+    Python object there needs the GIL, which the main thread holds while tearing the group down (the
+    end-of-run hang). all_reduce_sum keeps its recent tensors alive from Python."""
+    import weakref
+
+    import torch
+
+    from slmkit.train import distributed
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda values, op=None: None)
+    two = distributed.DistInfo(rank=0, world_size=2)
+    values = torch.ones(3)
+    alive = weakref.ref(values)
+    assert distributed.all_reduce_sum(values, two) is values
+    del values
+    assert alive() is not None
+    for _ in range(distributed._RECENT_COLLECTIVE_TENSORS.maxlen):  # later collectives let it go in time
+        distributed.all_reduce_sum(torch.zeros(1), two)
+    assert alive() is None
