@@ -1,0 +1,350 @@
+"""What `slm serve` costs over calling `generate` directly: per request, per token, and to the first token.
+
+For each preset (random weights, float32, CPU, the gpt2 tokenizer): one server (`start_server` in this
+process, uvicorn in a background thread, concurrency 1, --threads torch threads for its worker) and three
+engines decoding the same text prompt greedily (preset "greedy", seed 0) to N new tokens:
+
+1. direct: `slmkit.generate.generate(model, prompt, "greedy", tokenizer=..., max_new_tokens=N, seed=0)`;
+2. HTTP: POST /api/complete, the whole JSON answer, over one keep-alive connection (http.client);
+3. HTTP streamed: the same with "stream": true (NDJSON), timing the first chunk and the last line.
+
+Each engine also runs max_new_tokens=1 (its time to a first token: a whole request of one token), and the
+per-token figures use the difference, (time of N - time of 1) / (N - 1). Runs are taken in turn (direct, HTTP,
+streamed, direct, ...) and the best of --repeats is kept, so that load from other processes hurts all alike.
+The token ids of every engine are compared with the direct call's. Also one concurrency figure: 4 requests at
+once against a server of concurrency 2 (1 thread each), against the same 4 done one after another directly.
+
+    python bench/bench_serve.py                # print the tables (under 3 minutes)
+    python bench/bench_serve.py --quick        # 8 tokens, 1 repeat: does it work
+    python bench/bench_serve.py --write        # also the "Serving" section of docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: benchdocs
+
+from benchdocs import write_section  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+
+from slmkit.api import ServedModel, ServeOptions, start_server  # noqa: E402
+from slmkit.config import load_model_config  # noqa: E402
+from slmkit.generate import generate  # noqa: E402
+from slmkit.model import Transformer  # noqa: E402
+from slmkit.tokenizer import load_tokenizer  # noqa: E402
+
+SECTION = "## Serving (slm serve)"
+DIRECT, WHOLE, STREAMED = "direct generate", "HTTP, whole answer", "HTTP, streamed"
+WHOLE_NODELAY, STREAMED_NODELAY = "HTTP, whole, TCP_NODELAY", "HTTP, streamed, TCP_NODELAY"
+# Every gpt2 id of this prompt is below 4096, so it fits nano's 4K vocabulary; random weights over a vocabulary
+# smaller than gpt2's never produce its end-of-text (50256), so every engine makes all N tokens.
+PROMPT = "The cat sat on the mat, and the dog went to the door. Then the man said that it was time to go home."
+SEED = 0
+CONCURRENCY_REPEATS = 3  # each is 8 whole generations: the script stays under 3 minutes
+
+
+class Client:
+    """POST /api/complete over one keep-alive HTTP/1.1 connection."""
+
+    def __init__(self, url: str):
+        parts = urlsplit(url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=600)
+
+    def post(self, body: dict) -> http.client.HTTPResponse:
+        self.connection.request("POST", "/api/complete", json.dumps(body), {"Content-Type": "application/json"})
+        response = self.connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}: {response.read()[:300]!r}")
+        return response
+
+    def whole(self, body: dict) -> dict:
+        return json.loads(self.post(body).read())
+
+    def streamed(self, body: dict) -> tuple[dict, float, int]:
+        """(the final line, seconds from sending to the first chunk, chunks of text)."""
+        start = time.perf_counter()
+        response = self.post(body)
+        first, chunks, last = None, 0, None
+        for line in response:  # one NDJSON line per piece of text, then the result with "done"
+            if first is None:
+                first = time.perf_counter() - start
+            last = json.loads(line)
+            chunks += "text" in last
+        if not (last or {}).get("done"):
+            raise RuntimeError(f"the stream ended without its result: {last!r}")
+        return last, first, chunks
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def request_body(new_tokens: int, stream: bool = False) -> dict:
+    return {"prompt": PROMPT, "preset": "greedy", "seed": SEED, "max_new_tokens": new_tokens, "stream": stream}
+
+
+def random_model(preset: str, tokenizer) -> Transformer:
+    torch.manual_seed(0)
+    model = Transformer(load_model_config(preset=preset)).eval()
+    largest = max(tokenizer.encode(PROMPT))
+    if largest >= model.config.vocab_size:
+        raise SystemExit(f"the prompt's id {largest} does not fit {preset}'s vocabulary of {model.config.vocab_size}")
+    return model
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def health_round_trip(client: Client, times: int = 20) -> float:
+    """Median seconds of GET /api/health on the client's connection (no model work: the HTTP layer alone)."""
+    seconds = []
+    for _ in range(times):
+        start = time.perf_counter()
+        client.connection.request("GET", "/api/health")
+        client.connection.getresponse().read()
+        seconds.append(time.perf_counter() - start)
+    return sorted(seconds)[len(seconds) // 2]
+
+
+def set_listener_nodelay(server) -> None:
+    """TCP_NODELAY on the server's listening socket; Linux copies it to the connections accepted later (asyncio
+    does not set it on them here: `bind` makes the socket with proto 0, and asyncio's _set_nodelay wants
+    IPPROTO_TCP). What a fix in slmkit/serve/server.py would give, measured without editing it."""
+    for listener in (sock for running in server.server.servers for sock in running.sockets):
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def measure(preset: str, tokenizer, args) -> dict:
+    """Per engine: best seconds of N and of 1 new tokens, best time to the first chunk (streamed), tokens made,
+    and whether they equal the direct call's; the health round trip of each connection."""
+    model = random_model(preset, tokenizer)
+    n = args.new_tokens
+    options = ServeOptions(port=0, concurrency=1, threads=args.threads, max_new_tokens=max(n, 256), preset="greedy")
+    with start_server([ServedModel(preset, model, tokenizer)], options) as server:
+        as_served = Client(server.url)
+        as_served.whole(request_body(2))  # connected and accepted before the listener changes
+        set_listener_nodelay(server)
+        nodelay = Client(server.url)
+
+        def direct(new):
+            output = generate(model, PROMPT, "greedy", tokenizer=tokenizer, max_new_tokens=new, seed=SEED)
+            return output.tokens, output.finish_reason, None
+
+        def whole(client):
+            def run(new):
+                answer = client.whole(request_body(new))
+                return answer["tokens"], answer["finish_reason"], None
+            return run
+
+        def streamed(client):
+            def run(new):
+                answer, first, _ = client.streamed(request_body(new, stream=True))
+                return answer["tokens"], answer["finish_reason"], first
+            return run
+
+        engines = {DIRECT: direct, WHOLE: whole(as_served), STREAMED: streamed(as_served)}
+        if not args.no_nodelay:
+            engines.update({WHOLE_NODELAY: whole(nodelay), STREAMED_NODELAY: streamed(nodelay)})
+        for run in engines.values():  # warm up: the first request also builds the worker thread
+            run(4)
+        figures = {name: {"total": float("inf"), "one": float("inf"), "first_chunk": float("inf")} for name in engines}
+        for _ in range(args.repeats):  # in turn, so that load hurts all alike
+            for name, run in engines.items():
+                (tokens, finish, first), seconds = timed(lambda: run(n))  # noqa: B023
+                _, one = timed(lambda: run(1))  # noqa: B023
+                best = figures[name]
+                best.update(total=min(best["total"], seconds), one=min(best["one"], one), tokens=tokens, finish=finish)
+                if first is not None:
+                    best["first_chunk"] = min(best["first_chunk"], first)
+        chunks = as_served.streamed(request_body(n, stream=True))[2]
+        health = {"as served": health_round_trip(as_served), "TCP_NODELAY": health_round_trip(nodelay)}
+        as_served.close()
+        nodelay.close()
+    reference = figures[DIRECT]["tokens"]
+    for best in figures.values():
+        best["same"] = best["tokens"] == reference
+        best["made"] = len(best["tokens"])
+    return {"engines": figures, "chunks": chunks, "health": health, "vocab": model.config.vocab_size,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def concurrency(preset: str, tokenizer, args) -> dict:
+    """Wall seconds of 4 requests at once against concurrency 2 (1 thread each), and of the same 4 done one
+    after another by direct calls (--threads threads); best of CONCURRENCY_REPEATS (or fewer --repeats), in turn.
+    Tokens compared too. The server is as served (no TCP_NODELAY)."""
+    model = random_model(preset, tokenizer)
+    n, requests = args.new_tokens, 4
+    options = ServeOptions(port=0, concurrency=2, threads=1, max_queue=requests, max_new_tokens=max(n, 256),
+                           preset="greedy")
+    best = {"served": float("inf"), "direct": float("inf")}
+    answers, reference = [], None
+    with start_server([ServedModel(preset, model, tokenizer)], options) as server:
+        clients = [Client(server.url) for _ in range(requests)]
+
+        def served():
+            results = [None] * requests
+
+            def ask(index):
+                results[index] = clients[index].whole(request_body(n))["tokens"]
+
+            threads = [threading.Thread(target=ask, args=(index,)) for index in range(requests)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return results
+
+        def direct():
+            torch.set_num_threads(args.threads)  # the server's workers set 1, which torch may keep process-wide
+            return [generate(model, PROMPT, "greedy", tokenizer=tokenizer, max_new_tokens=n, seed=SEED).tokens
+                    for _ in range(requests)]
+
+        served()  # warm up both workers
+        for _ in range(min(args.repeats, CONCURRENCY_REPEATS)):
+            reference, seconds = timed(direct)
+            best["direct"] = min(best["direct"], seconds)
+            answers, seconds = timed(served)
+            best["served"] = min(best["served"], seconds)
+        for client in clients:
+            client.close()
+    torch.set_num_threads(args.threads)
+    return {**best, "requests": requests, "same": all(a == reference[0] for a in answers + reference)}
+
+
+def engine_table(results: dict, args) -> list[str]:
+    n = args.new_tokens
+    rows = [f"| model | engine | {n} tokens, ms | ms per token | tokens/s | overhead vs direct, ms per request "
+            f"| overhead, % | per-token overhead, ms | 1 token (time to first token), ms | first streamed chunk, ms "
+            f"| tokens made, as direct's |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for preset, r in results.items():
+        base = r["engines"][DIRECT]
+        base_step = (base["total"] - base["one"]) / max(n - 1, 1)
+        for name, e in r["engines"].items():
+            label = f"`{preset}` ({r['params'] / 1e6:.1f}M)" if name == DIRECT else ""
+            step = (e["total"] - e["one"]) / max(n - 1, 1)
+            extra = e["total"] - base["total"]
+            first = f"{1e3 * e['first_chunk']:.1f}" if e["first_chunk"] != float("inf") else ""
+            overhead = ("", "", "") if name == DIRECT else (
+                f"{1e3 * extra:+.1f}", f"{100 * extra / base['total']:+.1f}%", f"{1e3 * (step - base_step):+.3f}")
+            same = f"{e['made']} ({e['finish']}), {'same' if e['same'] else 'DIFFERENT'}"
+            rows.append(f"| {label} | {name} | {1e3 * e['total']:.1f} | {1e3 * e['total'] / n:.2f} "
+                        f"| {n / e['total']:.0f} | {overhead[0]} | {overhead[1]} | {overhead[2]} "
+                        f"| {1e3 * e['one']:.1f} | {first} | {same} |")
+    return rows
+
+
+def concurrency_table(results: dict, args) -> list[str]:
+    rows = ["| model | 4 requests at once, concurrency 2 x 1 thread, s | the same 4 one after another, direct, "
+            f"{args.threads} thread(s), s | served / direct | tokens as direct's |",
+            "|---|---:|---:|---:|---|"]
+    for preset, c in results.items():
+        rows.append(f"| `{preset}` | {c['served']:.2f} | {c['direct']:.2f} | {c['served'] / c['direct']:.2f}x "
+                    f"| {'same' if c['same'] else 'DIFFERENT'} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="nano,slm-25m")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads for the direct calls and the server's worker (default 2: this machine)")
+    parser.add_argument("--no-nodelay", action="store_true",
+                        help="skip the two engines over a connection with TCP_NODELAY (what the fix would give)")
+    parser.add_argument("--no-concurrency", action="store_true", help="skip the 4-requests-at-once figure")
+    parser.add_argument("--quick", action="store_true", help="8 new tokens, 1 repeat: check that it runs")
+    parser.add_argument("--write", action="store_true", help=f"replace the '{SECTION}' section of docs/benchmarks.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.new_tokens, args.repeats = 8, 1
+    if args.new_tokens < 2:
+        parser.error("--new-tokens must be at least 2 (the per-token figures subtract a 1-token run)")
+    torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer("gpt2")
+    loads = [os.getloadavg()[0]]
+    results, concurrent = {}, {}
+    for preset in args.presets.split(","):
+        results[preset] = measure(preset, tokenizer, args)
+        if not args.no_concurrency:
+            concurrent[preset] = concurrency(preset, tokenizer, args)
+        loads.append(os.getloadavg()[0])
+        print(f"{preset} done", flush=True)
+
+    command = "python bench/bench_serve.py " + " ".join(sys.argv[1:])
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    import uvicorn
+
+    info = (f"{stamp}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
+            f"{platform.python_version()}, torch {torch.__version__}, uvicorn {uvicorn.__version__}; niceness "
+            f"{os.nice(0)}; 1-minute load average {', '.join(f'{x:.2f}' for x in loads)} at the start and after "
+            f"each model")
+    vocabularies = ", ".join(f"`{p}` {r['vocab']}" for p, r in results.items())
+    chunks = ", ".join(f"`{p}` {r['chunks']}" for p, r in results.items())
+    n = args.new_tokens
+    made = {e["made"] for r in results.values() for e in r["engines"].values()}
+    lengths = f"every engine made all {n} tokens" if made == {n} else f"tokens made: {sorted(made)} (see the table)"
+    health = "; ".join(f"`{p}` {1e3 * r['health']['as served']:.1f} ms as served, "
+                       f"{1e3 * r['health']['TCP_NODELAY']:.1f} ms with TCP_NODELAY" for p, r in results.items())
+    same = all(e["same"] for r in results.values() for e in r["engines"].values())
+    body = [
+        f"Command: `{command.strip()}` ({info}). Random weights (seed 0), float32, CPU, batch 1; the gpt2 "
+        f"tokenizer (its ids of the {len(tokenizer.encode(PROMPT))}-token prompt are all below 4096, so they fit "
+        f"the presets' vocabularies, {vocabularies}, and random weights over those never pick gpt2's end-of-text: "
+        f"{lengths}); preset `greedy`, seed {SEED}, {n} new tokens. Direct: "
+        f"`slmkit.generate.generate(model, prompt, \"greedy\", tokenizer=..., max_new_tokens=N, seed=0)` in the "
+        f"main thread. HTTP: `start_server` in the same process (uvicorn in a background thread; one worker: "
+        f"concurrency 1, `threads={args.threads}`, the direct calls' torch threads), POST /api/complete from "
+        f"http.client over one keep-alive connection; streamed: `\"stream\": true`, the first NDJSON chunk timed "
+        f"from sending the request ({chunks} text chunks for {n} tokens). Best of {args.repeats} runs taken in "
+        f"turn (direct, whole, streamed, ...). The 1-token column is a whole request of max_new_tokens=1 (prompt "
+        f"prefill and one token: the time to first token). Per-token overhead: (engine's time of N - its time of "
+        f"1) / (N - 1) less the same for direct. Token ids: "
+        f"{'every engine gave the direct call ids, token for token' if same else 'SOME ENGINE DIFFERED (see the table)'}.",
+        "",
+        *engine_table(results, args),
+        "",
+        f"The fixed cost per request is the HTTP layer's, not generation's: GET /api/health (no model work), "
+        f"median of 20 on a keep-alive connection: {health}. `slm serve` binds its socket itself "
+        f"(`slmkit/serve/server.py` `bind`: `socket.socket(family, SOCK_STREAM)`, proto 0) and hands it to "
+        f"uvicorn; asyncio sets TCP_NODELAY on accepted connections only when the socket's proto is IPPROTO_TCP, "
+        f"so Nagle's algorithm holds the response's second write (uvicorn writes the headers and the body "
+        f"separately) until the client's delayed ACK, about 40 ms on Linux. The TCP_NODELAY rows use a second "
+        f"connection of the same server, accepted after the bench set TCP_NODELAY on the listening socket (Linux "
+        f"copies it to accepted connections): what a one-line fix in `bind` would give.",
+    ]
+    if concurrent:
+        body += [
+            "",
+            f"Concurrency: 4 requests sent at once (4 threads, a connection each) to a server of concurrency 2 with "
+            f"1 torch thread per worker, {n} tokens each, against the same 4 generated one after another by direct "
+            f"calls with {args.threads} threads; wall time, best of {min(args.repeats, CONCURRENCY_REPEATS)} in turn (the server as served, without TCP_NODELAY).",
+            "",
+            *concurrency_table(concurrent, args),
+        ]
+    print("\n".join(body))
+    if args.write:
+        write_section(SECTION + "\n\n" + "\n".join(body) + "\n")
+
+
+if __name__ == "__main__":
+    main()
