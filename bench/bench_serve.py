@@ -1,18 +1,22 @@
 """What `slm serve` costs over calling `generate` directly: per request, per token, and to the first token.
 
-For each preset (random weights, float32, CPU, the gpt2 tokenizer): one server (`start_server` in this
-process, uvicorn in a background thread, concurrency 1, --threads torch threads for its worker) and three
+For each preset (random weights, float32, CPU, the gpt2 tokenizer): servers started with `start_server` in
+this process (uvicorn in a background thread, concurrency 1, --threads torch threads for the worker) and
 engines decoding the same text prompt greedily (preset "greedy", seed 0) to N new tokens:
 
 1. direct: `slmkit.generate.generate(model, prompt, "greedy", tokenizer=..., max_new_tokens=N, seed=0)`;
 2. HTTP: POST /api/complete, the whole JSON answer, over one keep-alive connection (http.client);
-3. HTTP streamed: the same with "stream": true (NDJSON), timing the first chunk and the last line.
+3. HTTP streamed: the same with "stream": true (NDJSON), timing the first chunk and the last line;
+4. and 5. the same two against a second, identical server whose listening socket the bench gave TCP_NODELAY
+   (which `slm serve`'s own socket lacks: its short exchanges wait ~40 ms for a delayed ACK).
 
 Each engine also runs max_new_tokens=1 (its time to a first token: a whole request of one token), and the
 per-token figures use the difference, (time of N - time of 1) / (N - 1). Runs are taken in turn (direct, HTTP,
-streamed, direct, ...) and the best of --repeats is kept, so that load from other processes hurts all alike.
-The token ids of every engine are compared with the direct call's. Also one concurrency figure: 4 requests at
-once against a server of concurrency 2 (1 thread each), against the same 4 done one after another directly.
+streamed, ..., direct, ...) and the best of --repeats is kept, so that load from other processes hurts all
+alike. The token ids of every engine are compared with the direct call's. Also: GET /api/health's round trip
+on each server, whole requests of 1 to 64 tokens (medians: where the stall shows), and 4 requests at once
+against concurrency 2 (1 thread each) and concurrency 1 (--threads), against the same 4 done one after another
+directly.
 
     python bench/bench_serve.py                # print the tables (under 3 minutes)
     python bench/bench_serve.py --quick        # 8 tokens, 1 repeat: does it work
