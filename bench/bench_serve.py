@@ -8,7 +8,9 @@ engines decoding the same text prompt greedily (preset "greedy", seed 0) to N ne
 2. HTTP: POST /api/complete, the whole JSON answer, over one keep-alive connection (http.client);
 3. HTTP streamed: the same with "stream": true (NDJSON), timing the first chunk and the last line;
 4. and 5. the same two against a second, identical server whose listening socket the bench gave TCP_NODELAY
-   (which `slm serve`'s own socket lacks: its short exchanges wait ~40 ms for a delayed ACK).
+   itself: a control. `slm serve` lacked TCP_NODELAY until its socket was made as a TCP one (its short
+   exchanges waited ~40 ms for a delayed ACK, bench/results/serve_2026-12-02_0842.md); the rows as served
+   must now match these.
 
 Each engine also runs max_new_tokens=1 (its time to a first token: a whole request of one token), and the
 per-token figures use the difference, (time of N - time of 1) / (N - 1). Runs are taken in turn (direct, HTTP,
@@ -168,9 +170,9 @@ def health_round_trip(client: Client, times: int = 20) -> float:
 
 
 def set_listener_nodelay(server) -> None:
-    """TCP_NODELAY on the server's listening socket; Linux copies it to the connections accepted later (asyncio
-    does not set it on them here: `bind` makes the socket with proto 0, and asyncio's _set_nodelay wants
-    IPPROTO_TCP). What a fix in slmkit/serve/server.py would give, measured without editing it."""
+    """TCP_NODELAY on the server's listening socket; Linux copies it to the connections accepted later. The
+    control for `bind`, which makes an IPPROTO_TCP socket so that asyncio sets TCP_NODELAY on every accepted
+    connection (with proto 0, as before the fix, asyncio's _set_nodelay left Nagle on)."""
     for listener in (sock for running in server.server.servers for sock in running.sockets):
         listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -462,14 +464,14 @@ def main() -> None:
         "",
         f"The fixed cost per request is the HTTP layer's, not generation's: GET /api/health (no model work), "
         f"median of 20 on a keep-alive connection: {health}. `slm serve` binds its socket itself "
-        f"(`slmkit/serve/server.py` `bind`: `socket.socket(family, SOCK_STREAM)`, proto 0) and hands it to "
-        f"uvicorn; asyncio sets TCP_NODELAY on accepted connections only when the socket's proto is IPPROTO_TCP, "
-        f"so Nagle's algorithm holds the response's second write (uvicorn writes the headers and the body "
-        f"separately) until the client's delayed ACK, about 40 ms on Linux. The TCP_NODELAY rows use a second "
-        f"server, the same in every way except that the bench set TCP_NODELAY on its listening socket before any "
-        f"connection (Linux copies it to the connections accepted from it): what a one-line fix in `bind` would "
-        f"give. The stall shows on short exchanges; whole requests of a few lengths (the median of {args.repeats}, in turn: the stall "
-        f"comes and goes, so a best-of can miss it) show where it stops:",
+        f"(`slmkit/serve/server.py` `bind`) and hands it to uvicorn; asyncio sets TCP_NODELAY on accepted "
+        f"connections only when the socket's proto is IPPROTO_TCP. Until `bind` made it so (it made a proto-0 "
+        f"socket), Nagle's algorithm held each response's second write (uvicorn writes the headers and the body "
+        f"separately) until the client's delayed ACK: about 44 ms on every short exchange (health 44 ms, a "
+        f"stream's first chunk 44 ms; bench/results/serve_2026-12-02_0842.md). The TCP_NODELAY rows are the "
+        f"control: a second server, the same in every way except that the bench set TCP_NODELAY on its listening "
+        f"socket itself (Linux copies it to the connections accepted from it); the rows as served should match "
+        f"them. Whole requests of a few lengths (the median of {args.repeats}, in turn), where a stall would show:",
         "",
         *sweep_table(results),
     ]

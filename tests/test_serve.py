@@ -284,3 +284,35 @@ def test_serve_refuses_three_models_and_bounds_that_cannot_work(checkpoint, caps
     assert "slm serve takes one model, or two to compare side by side; got 3" in capsys.readouterr().err
     assert main(["serve", str(checkpoint), "--concurrency", "0"]) == 2
     assert capsys.readouterr().err == "error: concurrency = 0: must be a whole number >= 1\n"
+
+
+def test_accepted_connections_get_tcp_nodelay_so_short_answers_are_not_held_back():
+    """asyncio (under uvicorn) switches TCP_NODELAY on for an accepted connection only when the listening
+    socket says IPPROTO_TCP; without it Nagle held every short answer back ~44 ms (bench/bench_serve.py)."""
+    import asyncio
+
+    from slmkit.serve.server import bind
+
+    def nodelay_of_accepted(listener: socket.socket) -> int:
+        async def main_loop() -> int:
+            seen = asyncio.get_running_loop().create_future()
+
+            async def handle(reader, writer):
+                seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                writer.close()
+
+            server = await asyncio.start_server(handle, sock=listener)
+            port = listener.getsockname()[1]
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+            server.close()
+            return value
+
+        return asyncio.run(main_loop())
+
+    assert nodelay_of_accepted(bind("127.0.0.1", 0)) != 0
+    plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # protocol 0: what bind made before
+    plain.bind(("127.0.0.1", 0))
+    plain.listen(8)
+    assert nodelay_of_accepted(plain) == 0  # the check can fail

@@ -72,7 +72,10 @@ def bind(host: str, port: int) -> socket.socket:
     except socket.gaierror as error:
         raise SlmError(f"cannot listen on host {host!r}: {error.strerror}; pass --host 127.0.0.1 or an "
                        f"address of this machine") from None
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # Made as a TCP socket (not protocol 0): asyncio switches TCP_NODELAY on only for accepted connections
+    # whose socket says IPPROTO_TCP. Without it Nagle's algorithm held each response body back for the
+    # client's delayed ACK (uvicorn writes headers and body apart): about 44 ms on every short answer.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart without waiting
     try:
         sock.bind((host, port))
