@@ -28,7 +28,15 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
-from test_onnx_int8 import CONFIGS, TEXT, _cached_logits, _random_model, _tokens, _train_briefly  # noqa: E402
+from test_onnx_int8 import (  # noqa: E402
+    CONFIGS,
+    TEXT,
+    _cached_logits,
+    _random_model,
+    _tokens,
+    _train_briefly,
+    quantized_exports,
+)
 
 from slmkit.cli import main  # noqa: E402
 from slmkit.errors import SlmError  # noqa: E402
@@ -72,13 +80,7 @@ def _rounded_in_blocks(family: str, block_size: int, bits: int = 4):
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Each random model exported with the cache in int4 (default blocks of 32): {family: (torch model, OnnxModel)}."""
-    root = tmp_path_factory.mktemp("onnx-int4")
-    result = {}
-    for family in CONFIGS:
-        model = _random_model(family)
-        ckpt = save_model(model, root / f"{family}-ckpt")
-        result[family] = (model, OnnxModel(export_onnx(ckpt, root / family, quantize="int4"), threads=1))
-    return result
+    return quantized_exports(tmp_path_factory.mktemp("onnx-int4"), "int4")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
 import onnx  # noqa: E402
+from test_onnx import _cached_logits, _tokens  # noqa: E402
 
 from slmkit.cli import main  # noqa: E402
 from slmkit.errors import SlmError  # noqa: E402
@@ -56,34 +57,24 @@ def _random_model(family: str) -> Transformer:
     return Transformer(CONFIGS[family]).eval()
 
 
-def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _cached_logits(onnx_model: OnnxModel, tokens: torch.Tensor, prefill: int) -> np.ndarray:
-    """Logits of every position: `prefill` tokens in one call, then one token per call over the cache."""
-    logits, past = onnx_model.forward(tokens[:, :prefill].numpy())
-    steps = [logits]
-    for t in range(prefill, tokens.shape[1]):
-        logits, past = onnx_model.forward(tokens[:, t:t + 1].numpy(), past=past)
-        steps.append(logits)
-    return np.concatenate(steps, axis=1)
-
-
 def _op_counts(directory) -> collections.Counter:
     return collections.Counter(node.op_type for node in onnx.load(str(directory / "model.onnx")).graph.node)
+
+
+def quantized_exports(root, quantize: str) -> dict:
+    """Each random model exported with the cache, quantized: {family: (torch model, OnnxModel)}."""
+    result = {}
+    for family in CONFIGS:
+        model = _random_model(family)
+        ckpt = save_model(model, root / f"{family}-ckpt")
+        result[family] = (model, OnnxModel(export_onnx(ckpt, root / family, quantize=quantize), threads=1))
+    return result
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Each random model exported with the cache in int8: {family: (torch model, OnnxModel)}."""
-    root = tmp_path_factory.mktemp("onnx-int8")
-    result = {}
-    for family in CONFIGS:
-        model = _random_model(family)
-        ckpt = save_model(model, root / f"{family}-ckpt")
-        result[family] = (model, OnnxModel(export_onnx(ckpt, root / family, quantize="int8"), threads=1))
-    return result
+    return quantized_exports(tmp_path_factory.mktemp("onnx-int8"), "int8")
 
 
 def _train_briefly(tokenizer) -> Transformer:
