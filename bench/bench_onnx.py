@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from slmkit.config import load_model_config  # noqa: E402
 from slmkit.generate import GenerationConfig, generate  # noqa: E402
+from slmkit.interop.hf import export_hf  # noqa: E402
 from slmkit.interop.onnx import OnnxModel, export_onnx  # noqa: E402
 from slmkit.model import Transformer, save_model  # noqa: E402
 from slmkit.model.checkpoint import load_state, load_weights  # noqa: E402
@@ -50,6 +51,7 @@ from slmkit.rundir import resolve_checkpoint_dir  # noqa: E402
 
 SECTION = "## ONNX (issue 13)"
 SLMKIT, FLOAT32, INT8, INT4 = "slmkit (PyTorch)", "onnxruntime float32", "onnxruntime int8", "onnxruntime int4"
+TRANSFORMERS = "transformers (PyTorch)"
 DTYPES = {FLOAT32: "float32", INT8: "int8", INT4: "int4"}  # engine -> export_onnx's dtype
 
 
@@ -92,9 +94,10 @@ def measure(preset: str, args, workdir: Path) -> dict:
     engines = {SLMKIT: lambda n: generate(model, prompt, greedy, max_new_tokens=n).tokens}
     for name, graph in graphs.items():  # eot -1: no id stops it
         engines[name] = lambda n, graph=graph: graph.generate(prompt, max_new_tokens=n, eot_id=-1)
+    engines[TRANSFORMERS] = transformers_engine(ckpt, workdir / f"{preset}-hf", prompt)
     n = args.new_tokens
     reference = engines[SLMKIT](n)
-    agreement = {name: matching_prefix(engines[name](n), reference) for name in graphs}
+    agreement = {name: matching_prefix(engines[name](n), reference) for name in engines if name != SLMKIT}
     rates = dict.fromkeys(engines, 0.0)
     with torch.inference_mode():
         for run in engines.values():  # warm up
@@ -107,6 +110,22 @@ def measure(preset: str, args, workdir: Path) -> dict:
             "floor": matmul_floor(model, args.repeats),
             "size_mb": {dtype: graph_megabytes(directory) for dtype, (directory, _) in exports.items()},
             "export_s": {dtype: seconds for dtype, (_, seconds) in exports.items()}}
+
+
+def transformers_engine(ckpt: Path, out: Path, prompt: list[int]):
+    """The peer: the same weights exported with `export_hf` and loaded by transformers, decoding greedily with
+    its own `generate` and KV cache (float32); a function of the number of new tokens, as the other engines."""
+    import transformers
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(export_hf(ckpt, out, card=False, audit=False)).eval()
+    ids = torch.tensor([prompt])
+
+    def run(n: int) -> list[int]:
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                          min_new_tokens=n, eos_token_id=None, pad_token_id=0)
+        return out[0, ids.shape[1]:].tolist()
+
+    return run
 
 
 def validation_tokens(run: Path) -> np.ndarray:
@@ -157,21 +176,27 @@ def quality(run: Path, args, workdir: Path) -> dict:
 
 
 def speed_table(results: dict, args) -> list[str]:
-    rows = ["| model | engine | model.onnx | export | decode, tok/s | / float32 ONNX | / slmkit | greedy tokens as slmkit's "
-            "| PyTorch weight matmuls alone, tok/s |",
-            "|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    rows = ["| model | engine | model.onnx | export | decode, tok/s | / float32 ONNX | / slmkit | / transformers "
+            "| greedy tokens as slmkit's | PyTorch weight matmuls alone, tok/s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for preset, r in results.items():
-        rates, base, ours = r["rates"], r["rates"][FLOAT32], r["rates"][SLMKIT]
+        rates, base, ours, peer = r["rates"], r["rates"][FLOAT32], r["rates"][SLMKIT], r["rates"][TRANSFORMERS]
+
+        def agreement(name: str) -> str:
+            same = r["agreement"][name]  # noqa: B023
+            return f"{'all' if same == args.new_tokens else f'first {same}'} of {args.new_tokens}"
+
         rows.append(f"| `{preset}` ({r['params'] / 1e6:.1f}M) | {SLMKIT} | | | {ours:.0f} | {ours / base:.2f}x | 1.00x "
-                    f"| | {r['floor']:.0f} |")
+                    f"| {ours / peer:.2f}x | | {r['floor']:.0f} |")
+        rows.append(f"| | {TRANSFORMERS} | | | {peer:.0f} | {peer / base:.2f}x | {peer / ours:.2f}x | 1.00x "
+                    f"| {agreement(TRANSFORMERS)} | |")
         for name, dtype in DTYPES.items():
             size = f"{r['size_mb'][dtype]:.1f} MB"
             if dtype != "float32":
                 size += f" ({r['size_mb']['float32'] / r['size_mb'][dtype]:.1f}x smaller)"
-            same = r["agreement"][name]
-            agreement = "all" if same == args.new_tokens else f"first {same}"
             rows.append(f"| | {name} | {size} | {r['export_s'][dtype]:.0f} s | {rates[name]:.0f} "
-                        f"| {rates[name] / base:.2f}x | {rates[name] / ours:.2f}x | {agreement} of {args.new_tokens} | |")
+                        f"| {rates[name] / base:.2f}x | {rates[name] / ours:.2f}x | {rates[name] / peer:.2f}x "
+                        f"| {agreement(name)} | |")
     return rows
 
 
@@ -223,18 +248,18 @@ def main() -> None:
     info = (f"{stamp}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
             f"{torch.__version__}, onnxruntime {onnxruntime.__version__}; {args.threads} thread(s) for all, niceness "
             f"{os.nice(0)}; "
-            f"1-minute load average {', '.join(f'{x:.1f}' for x in loads)} at the start and after each model "
-            f"(other engineers' jobs shared the machine)")
+            f"1-minute load average {', '.join(f'{x:.1f}' for x in loads)} at the start and after each model)")
     body = [
         f"Command: `{command.strip()}` ({info}). Random weights, CPU; batch 1, greedy, prompt {args.prompt_tokens} "
         f"tokens, {args.new_tokens} new tokens; decode tokens/s = (N - 1) / (time of N new tokens - time of 1), best "
         f"of {args.repeats} runs taken in turn. slmkit decodes with its KVCache (`slmkit.generate`, eager PyTorch, "
-        f"float32); onnxruntime runs the `slm export-onnx` graph (past/present tensors, every step's present fed "
+        f"float32); transformers decodes the same weights exported by `export_hf` with its own `generate` and KV "
+        f"cache (float32; `min_new_tokens` holds it to N tokens); onnxruntime runs the `slm export-onnx` graph (past/present tensors, every step's present fed "
         f"back as the next past) through `OnnxModel.generate`, float32, `--quantize int8` (onnxruntime's "
         f"`quantize_dynamic`: uint8 weights per output channel, activations quantized per call) or `--quantize int4` "
         f"(onnxruntime's `MatMulNBitsQuantizer`: 4-bit weights in blocks of 32 with a scale and zero point each, "
         f"MatMulNBits at accuracy_level 4, the embedding a GatherBlockQuantized). Ratios are "
-        f"against the float32 graph and slmkit of this same run. The export column is the time of `export_onnx` on "
+        f"against the float32 graph, slmkit and transformers of this same run. The export column is the time of `export_onnx` on "
         f"this loaded machine (int8, int4: the float32 export, then onnxruntime's pre-processing and quantization). The "
         f"weight-matmul column times PyTorch's `F.linear` over every weight matrix once (bench_generate's floor of a "
         f"batch-1 step, float32). Greedy tokens: how many of the {args.new_tokens} equal slmkit's before the first "
