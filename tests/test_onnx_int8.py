@@ -158,15 +158,20 @@ def test_the_bound_would_catch_a_4_bit_or_a_broken_quantization(exports, family)
 def test_int8_graph_keeps_the_float_graphs_inputs_outputs_and_cache(exports, tmp_path):
     model, onnx_model = exports["llama"]
     float_model = OnnxModel(export_onnx(save_model(model, tmp_path / "ckpt"), tmp_path / "float32"), threads=1)
+    assert_same_interface(onnx_model, float_model, head_dim=8)
 
+
+def assert_same_interface(onnx_model: OnnxModel, float_model: OnnxModel, head_dim: int) -> None:
+    """The quantized graph's inputs and outputs (the cache's names, shapes, float32) and genai_config.json
+    are the float32 export's."""
     def signature(session):
         return ([(i.name, i.shape, i.type) for i in session.get_inputs()],
                 [(o.name, o.shape, o.type) for o in session.get_outputs()])
 
     assert signature(onnx_model.session) == signature(float_model.session)
     inputs, outputs = signature(onnx_model.session)
-    assert ("past_key_values.1.value", ["batch", 2, "past_seq", 8], "tensor(float)") in inputs
-    assert ("present.0.key", ["batch", 2, "total_seq", 8], "tensor(float)") in outputs
+    assert ("past_key_values.1.value", ["batch", 2, "past_seq", head_dim], "tensor(float)") in inputs
+    assert ("present.0.key", ["batch", 2, "total_seq", head_dim], "tensor(float)") in outputs
     genai = onnx_model.directory / "genai_config.json"
     assert json.loads(genai.read_text()) == json.loads((float_model.directory / "genai_config.json").read_text())
 
