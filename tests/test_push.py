@@ -190,6 +190,8 @@ def test_push_of_an_slmkit_adapter_uploads_a_peft_adapter_naming_the_base_reposi
 def test_push_of_an_adapter_export_uploads_it_as_it_is(adapter, fake_hub, tmp_path):
     out = api.export_adapter_hf(adapter, tmp_path / "hf-adapter", base_model="someone/tiny")
     api.push(out, "someone/tiny-qa", token="hf_test")
+    with pytest.raises(SlmError, match="base_model names the base of an slmkit LoRA adapter"):
+        api.push(out, "someone/tiny-qa", token="hf_test", base_model="someone/other")  # not used: refused
     files = fake_hub.calls[-1][1]["files"]
     assert files["adapter_model.safetensors"] == (out / "adapter_model.safetensors").read_bytes()
     assert ".slmkit-export-hf-adapter" not in files

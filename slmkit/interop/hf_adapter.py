@@ -114,9 +114,8 @@ def export_adapter_hf(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike
         save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         peft_config.save_pretrained(str(tmp))
         tokenizer = (adapter_dir / MANIFEST).is_file() and export_tokenizer(adapter_dir, tmp).description
-        vocab = config.vocab_size + len(new_ids)
         (tmp / MODEL_CARD).write_text(_card(adapter_dir, meta, options, family, len(hf_pairs), base_model,
-                                            vocab if new_ids else None, tokenizer or None))
+                                            config.vocab_size + added if added else None, tokenizer or None))
         write_marker(tmp, ADAPTER_EXPORT_MARKER, "an HF adapter export")
     return out_dir
 

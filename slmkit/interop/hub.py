@@ -54,6 +54,9 @@ def push(source: str | os.PathLike, repo_id: str, *, private: bool = False, toke
     source = Path(source)
     export_dir = source if _is_hf_export(source) or _is_adapter_export(source) else None
     adapter = export_dir is None and is_adapter_dir(source)
+    if base_model is not None and not adapter:
+        raise SlmError(f"base_model names the base of an slmkit LoRA adapter exported on the way; {source} is not one "
+                       f"(an export already names its base in adapter_config.json)")
     if adapter:
         read_adapter_meta(source)  # a damaged adapter is refused before any network
     elif export_dir is None:
